@@ -1,0 +1,115 @@
+"""Training configuration (pydantic v2). Unknown or wrongly typed fields fail with their path."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+__all__ = [
+    "TrainerConfig",
+    "OptimizerConfig",
+    "SchedulerConfig",
+    "TrainingConfig",
+    "format_validation_error",
+    "parse_config",
+]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TrainerConfig(StrictModel):
+    """The Lightning Trainer options users need. ``max_epochs=0``: statistical init only."""
+
+    max_epochs: int = Field(5, ge=0)
+    accelerator: str = "auto"
+    devices: int | str | list[int] = 1
+    strategy: str = "auto"
+    precision: str | int = "32-true"
+    gradient_clip_val: float | None = Field(None, ge=0)
+    accumulate_grad_batches: int = Field(1, ge=1)
+    deterministic: bool | Literal["warn"] = False
+    log_every_n_steps: int = Field(10, ge=1)
+    limit_train_batches: int | float | None = None
+    limit_val_batches: int | float | None = None
+    limit_test_batches: int | float | None = None
+    check_val_every_n_epoch: int = Field(1, ge=1)
+    num_sanity_val_steps: int = Field(0, ge=-1)
+    enable_progress_bar: bool = True
+
+    def trainer_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``lightning.pytorch.Trainer`` (``None`` values dropped)."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class OptimizerConfig(StrictModel):
+    """Optimizer: ``adam``, ``adamw`` or ``sgd`` (with momentum)."""
+
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-2, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = Field(0.9, ge=0)
+    nesterov: bool = False
+
+
+class SchedulerConfig(StrictModel):
+    """Learning-rate schedule.
+
+    * ``cosine``: linear warmup over ``warmup_epochs`` from ``lr * warmup_start_factor``,
+      then cosine decay to ``min_lr`` at ``max_epochs``.
+    * ``step``: ``lr * gamma ** (epoch // step_size)``.
+    * ``plateau``: multiply by ``factor`` when ``monitor`` stalls for ``patience`` epochs.
+    """
+
+    name: Literal["cosine", "step", "plateau"]
+    warmup_epochs: int = Field(0, ge=0)
+    warmup_start_factor: float = Field(0.1, gt=0, le=1)
+    min_lr: float = Field(0.0, ge=0)
+    step_size: int = Field(10, ge=1)
+    gamma: float = Field(0.1, gt=0)
+    factor: float = Field(0.1, gt=0, lt=1)
+    patience: int = Field(5, ge=0)
+    monitor: str = "val/loss"
+    mode: Literal["min", "max"] = "min"
+
+
+class TrainingConfig(StrictModel):
+    """Everything ``graph.train`` needs besides the graph and the data."""
+
+    seed: int = 0
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig | None = None
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainingConfig:
+        s = self.scheduler
+        if s is not None and s.name == "cosine" and self.trainer.max_epochs and s.warmup_epochs > self.trainer.max_epochs:
+            raise ValueError(
+                f"scheduler.warmup_epochs={s.warmup_epochs} exceeds trainer.max_epochs={self.trainer.max_epochs}"
+            )
+        return self
+
+
+def format_validation_error(error: ValidationError, prefix: str = "") -> str:
+    """One line per problem, each starting with the dotted field path."""
+    lines = []
+    for e in error.errors():
+        path = ".".join(str(p) for p in (prefix.split(".") if prefix else []) + list(e["loc"]))
+        lines.append(f"{path or '<root>'}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(model: type[StrictModel], data: Any, prefix: str = "training") -> Any:
+    """Validate ``data`` as ``model``; raise :class:`ConfigError` naming each field path."""
+    if isinstance(data, model):
+        return data
+    try:
+        return model.model_validate(data or {})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, prefix)) from None

@@ -1,0 +1,148 @@
+"""Datamodules yielding dict batches for graphs.
+
+Batch layout::
+
+    cube         [B, H, W, C] float32
+    mask         [B, H, W]    int64   (optional; 0 = background, >0 = anomaly/class id)
+    wavelengths  [C]          float32 (optional, nm)
+
+A datamodule *declares* its channel count, batch keys and wavelengths
+(:meth:`GraphDataModule.data_spec`) so the compiler can check a graph before any data
+is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..plan import DataSpec
+
+__all__ = ["GraphDataModule", "ArrayDataModule", "CubeDataset", "collate_cubes"]
+
+
+class CubeDataset(Dataset):
+    """In-memory cubes ``[N, H, W, C]`` (or a list of ``[H, W, C]``) with optional masks."""
+
+    def __init__(self, cubes: Sequence[np.ndarray] | np.ndarray, masks: Sequence[np.ndarray] | None = None,
+                 wavelengths: np.ndarray | None = None) -> None:
+        self.cubes = [torch.as_tensor(np.asarray(c), dtype=torch.float32) for c in cubes]
+        self.masks = None if masks is None else [torch.as_tensor(np.asarray(m)).long() for m in masks]
+        self.wavelengths = None if wavelengths is None else torch.as_tensor(np.asarray(wavelengths), dtype=torch.float32)
+        for i, c in enumerate(self.cubes):
+            if c.ndim != 3:
+                raise ValueError(f"cube {i} has shape {tuple(c.shape)}; expected [H, W, C]")
+            if self.masks is not None and self.masks[i].shape != c.shape[:2]:
+                raise ValueError(f"mask {i} has shape {tuple(self.masks[i].shape)}; expected {tuple(c.shape[:2])}")
+
+    def __len__(self) -> int:
+        return len(self.cubes)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        item = {"cube": self.cubes[index]}
+        if self.masks is not None:
+            item["mask"] = self.masks[index]
+        if self.wavelengths is not None:
+            item["wavelengths"] = self.wavelengths
+        return item
+
+
+def collate_cubes(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack ``cube``/``mask`` to a batch; ``wavelengths`` stays ``[C]``."""
+    batch: dict[str, Any] = {}
+    for key in items[0]:
+        if key == "wavelengths":
+            batch[key] = items[0][key]
+        else:
+            batch[key] = torch.stack([it[key] for it in items])
+    return batch
+
+
+class GraphDataModule(pl.LightningDataModule):
+    """Base datamodule: subclasses fill ``train_set``/``val_set``/``test_set`` in ``setup``.
+
+    Attributes:
+        n_channels: declared channel count C (``None`` if unknown before reading).
+        batch_keys: keys every batch carries.
+        wavelengths: ``[C]`` band centres in nm, or ``None``.
+    """
+
+    def __init__(self, batch_size: int = 4, num_workers: int = 0) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.n_channels: int | None = None
+        self.batch_keys: frozenset[str] = frozenset({"cube"})
+        self.wavelengths: np.ndarray | None = None
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    def data_spec(self) -> DataSpec:
+        wl = None if self.wavelengths is None else tuple(float(w) for w in self.wavelengths)
+        return DataSpec(n_channels=self.n_channels, batch_keys=frozenset(self.batch_keys), wavelengths=wl)
+
+    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader | list:
+        if dataset is None or len(dataset) == 0:
+            return []
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          collate_fn=collate_cubes, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def statistics_dataloader(self) -> DataLoader:
+        """Training data in a fixed order, for statistical initialization."""
+        return self._loader(self.train_set, shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set or self.val_set, shuffle=False)
+
+    @classmethod
+    def from_arrays(cls, cubes: Sequence[np.ndarray] | np.ndarray, masks: Sequence[np.ndarray] | None = None,
+                    wavelengths: np.ndarray | None = None, batch_size: int = 4, val_fraction: float = 0.0,
+                    val_on_train: bool = False, seed: int = 0) -> ArrayDataModule:
+        """A datamodule over in-memory cubes ``[N, H, W, C]`` (or one ``[H, W, C]`` cube)."""
+        return ArrayDataModule(cubes, masks, wavelengths, batch_size=batch_size, val_fraction=val_fraction,
+                               val_on_train=val_on_train, seed=seed)
+
+
+class ArrayDataModule(GraphDataModule):
+    """In-memory cubes split into train/val by ``val_fraction`` (seeded permutation).
+
+    ``val_on_train=True`` validates on the training cubes (single-scene anomaly detection,
+    where the scene is both what statistics are fitted on and what is scored).
+    """
+
+    def __init__(self, cubes, masks=None, wavelengths=None, batch_size: int = 4, val_fraction: float = 0.0,
+                 val_on_train: bool = False, seed: int = 0) -> None:
+        super().__init__(batch_size=batch_size)
+        cubes = np.asarray(cubes) if not isinstance(cubes, list) else cubes
+        if isinstance(cubes, np.ndarray) and cubes.ndim == 3:
+            cubes = cubes[None]
+            masks = None if masks is None else np.asarray(masks)[None]
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        n = len(cubes)
+        order = np.random.default_rng(seed).permutation(n)
+        n_val = int(round(n * val_fraction))
+        val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
+        dataset = CubeDataset(cubes, masks, wavelengths)
+        self.train_set = torch.utils.data.Subset(dataset, train_idx)
+        self.val_set = dataset if val_on_train else (torch.utils.data.Subset(dataset, val_idx) if n_val else None)
+        self.test_set = self.val_set
+        self.n_channels = int(dataset.cubes[0].shape[-1])
+        self.batch_keys = frozenset({"cube"} | ({"mask"} if masks is not None else set())
+                                    | ({"wavelengths"} if wavelengths is not None else set()))
+        self.wavelengths = None if wavelengths is None else np.asarray(wavelengths, dtype=np.float32)

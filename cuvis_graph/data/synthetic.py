@@ -1,0 +1,108 @@
+"""Deterministic synthetic hyperspectral scenes with implanted targets (the embedded default).
+
+Scene model (per pixel ``p``, band ``b``)::
+
+    x_p = g_p * sum_k a_pk e_k  +  n_p,         a_p = softmax(z_p / tau),  n_p ~ N(0, sigma^2 I)
+
+* ``e_k`` (``[C]``): smooth endmember spectra over ``wavelengths`` (sums of Gaussian bumps
+  on a sloped baseline, reflectance-like 0.03..0.7);
+* ``z_pk``: Gaussian random fields smoothed spatially (abundances vary smoothly);
+* ``g_p``: smooth illumination gain around 1;
+* targets: spectra not in the endmember set, implanted as full pixels (small blobs,
+  fraction 1) and sub-pixels (single pixels, fraction ``U(0.25, 0.6)``):
+  ``x_p <- (1 - f) x_p + f t``; the mask is 1 on every implanted pixel.
+
+Everything is drawn from ``numpy.random.default_rng([seed, scene_index])``, so a scene
+depends only on the seed and its index.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+from .datamodule import CubeDataset, GraphDataModule
+
+__all__ = ["SyntheticHSIDataModule", "make_scene", "make_spectra"]
+
+
+def _bumpy_spectrum(rng: np.random.Generator, wl: np.ndarray) -> np.ndarray:
+    t = (wl - wl.min()) / (np.ptp(wl) or 1.0)
+    spec = rng.uniform(0.05, 0.3) + rng.uniform(-0.15, 0.25) * t
+    for _ in range(rng.integers(2, 4)):
+        centre, width, height = rng.uniform(0, 1), rng.uniform(0.05, 0.2), rng.uniform(-0.15, 0.3)
+        spec = spec + height * np.exp(-0.5 * ((t - centre) / width) ** 2)
+    return np.clip(spec, 0.03, 0.7)
+
+
+def make_spectra(seed: int, wavelengths: np.ndarray, n_endmembers: int, n_target_spectra: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(endmembers [K, C], targets [T, C])`` for a seed."""
+    rng = np.random.default_rng([seed, 10_000])
+    endmembers = np.stack([_bumpy_spectrum(rng, wavelengths) for _ in range(n_endmembers)])
+    targets = np.stack([_bumpy_spectrum(rng, wavelengths) for _ in range(n_target_spectra)])
+    return endmembers, targets
+
+
+def make_scene(seed: int, index: int, height: int, width: int, wavelengths: np.ndarray, endmembers: np.ndarray,
+               targets: np.ndarray, noise: float = 0.004, n_targets: tuple[int, int] = (4, 9)) -> tuple[np.ndarray, np.ndarray]:
+    """One scene: ``(cube [H, W, C] float32, mask [H, W] uint8)``."""
+    rng = np.random.default_rng([seed, index])
+    k = len(endmembers)
+    fields = np.stack([gaussian_filter(rng.normal(size=(height, width)), sigma=3.0, mode="wrap") for _ in range(k)], -1)
+    fields /= fields.std() + 1e-12
+    logits = fields / 0.6
+    abundances = np.exp(logits - logits.max(-1, keepdims=True))
+    abundances /= abundances.sum(-1, keepdims=True)
+    gain = 1.0 + 0.05 * gaussian_filter(rng.normal(size=(height, width)), sigma=6.0, mode="wrap") * 6.0
+    cube = gain[..., None] * (abundances @ endmembers)
+    cube += rng.normal(scale=noise, size=cube.shape)
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for _ in range(rng.integers(*n_targets)):
+        spectrum = targets[rng.integers(len(targets))]
+        r, c = rng.integers(2, height - 3), rng.integers(2, width - 3)
+        if rng.uniform() < 0.5:  # full-pixel blob 1..2 px wide
+            size = rng.integers(1, 3)
+            rows, cols = slice(r, r + size), slice(c, c + size)
+            fraction = 1.0
+        else:  # sub-pixel
+            rows, cols = slice(r, r + 1), slice(c, c + 1)
+            fraction = rng.uniform(0.25, 0.6)
+        cube[rows, cols] = (1 - fraction) * cube[rows, cols] + fraction * gain[rows, cols, None] * spectrum
+        mask[rows, cols] = 1
+    return cube.astype(np.float32), mask
+
+
+class SyntheticHSIDataModule(GraphDataModule):
+    """Synthetic scenes with anomaly masks and wavelengths; offline and deterministic.
+
+    Args:
+        n_train, n_val, n_test: number of scenes per split (disjoint scene indices).
+        height, width: scene size in pixels.
+        n_bands: channels C, spread over ``wavelength_range`` (nm).
+        n_endmembers: background materials mixed per pixel.
+        noise: sensor noise standard deviation (reflectance units).
+        seed: everything derives from it.
+        batch_size: scenes per batch.
+    """
+
+    def __init__(self, n_train: int = 16, n_val: int = 4, n_test: int = 4, height: int = 32, width: int = 32,
+                 n_bands: int = 40, wavelength_range: tuple[float, float] = (400.0, 1000.0), n_endmembers: int = 4,
+                 n_target_spectra: int = 3, noise: float = 0.004, seed: int = 0, batch_size: int = 4,
+                 num_workers: int = 0) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers)
+        if min(height, width) < 8:
+            raise ValueError(f"scenes must be at least 8x8 pixels, got {height}x{width}")
+        self.params = dict(n_train=n_train, n_val=n_val, n_test=n_test, height=height, width=width, n_bands=n_bands,
+                           noise=noise, seed=seed)
+        self.wavelengths = np.linspace(*wavelength_range, n_bands).astype(np.float32)
+        self.n_channels = n_bands
+        self.batch_keys = frozenset({"cube", "mask", "wavelengths"})
+        self.endmembers, self.targets = make_spectra(seed, self.wavelengths, n_endmembers, n_target_spectra)
+        counts = (n_train, n_val, n_test)
+        starts = np.cumsum((0,) + counts)
+        sets = []
+        for start, count in zip(starts, counts, strict=False):
+            scenes = [make_scene(seed, int(start + i), height, width, self.wavelengths, self.endmembers, self.targets,
+                                 noise=noise) for i in range(count)]
+            sets.append(CubeDataset([s[0] for s in scenes], [s[1] for s in scenes], self.wavelengths) if scenes else None)
+        self.train_set, self.val_set, self.test_set = sets

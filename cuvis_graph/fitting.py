@@ -1,0 +1,90 @@
+"""Statistical initialization: streaming passes over the training data.
+
+Nodes are fitted level by level (see :meth:`Plan.statistical_levels`): pass ``k`` runs
+the executor on the already-fitted ancestors of level-``k`` nodes and folds their inputs
+into the nodes' accumulators. Number of passes = number of statistical depth levels.
+Everything runs under ``torch.no_grad()``; nothing is concatenated. Under DDP each rank
+streams its shard and the accumulators are all-reduced before ``finalize_statistics``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .executor import Executor
+from .plan import Plan
+from .statistics import Accumulator
+
+__all__ = ["fit_statistics", "FitReport", "move_batch"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitReport:
+    """What statistical initialization did: passes, nodes per level, samples seen."""
+
+    passes: int = 0
+    levels: list[list[str]] = field(default_factory=list)
+    batches: int = 0
+
+
+def move_batch(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """Copy a batch dict with its tensors on ``device``."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def fit_statistics(
+    plan: Plan,
+    loader_factory: Callable[[], Iterable[Mapping[str, Any]]],
+    *,
+    device: torch.device | str = "cpu",
+    refit: bool = False,
+    progress: bool = True,
+) -> FitReport:
+    """Fit every statistical node of ``plan`` that is not fitted yet (all with ``refit``).
+
+    Args:
+        plan: compiled plan.
+        loader_factory: returns a fresh iterable of batches (one call per pass).
+        device: where nodes and batches run.
+        refit: fit already-fitted nodes again.
+        progress: show a progress bar per pass.
+    """
+    device = torch.device(device)
+    executor = Executor(plan)
+    levels = plan.statistical_levels(refit=refit)
+    report = FitReport(levels=levels)
+    for depth, names in enumerate(levels, 1):
+        needed = plan.ancestors(names)
+        accumulators: dict[str, dict[str, Accumulator]] = {}
+        loader = loader_factory()
+        desc = f"statistics {depth}/{len(levels)} ({', '.join(names)})"
+        with torch.no_grad():
+            for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+                batch = move_batch(batch, device)
+                outputs = executor.run(batch, only=needed)
+                for name in names:
+                    step = plan.step(name)
+                    inputs = executor.node_inputs(step, batch, outputs)
+                    if name not in accumulators:
+                        accumulators[name] = step.node.create_accumulators(**inputs)
+                    step.node.update_statistics(accumulators[name], **inputs)
+                report.batches += 1
+        report.passes += 1
+        for name in names:
+            if name not in accumulators:
+                raise RuntimeError(f"statistical node '{name}' saw no data: the training loader is empty")
+            for acc in accumulators[name].values():
+                acc.all_reduce()
+            node = plan.step(name).node
+            node.finalize_statistics(accumulators[name])
+            node.mark_fitted(True)
+        log.info("statistics pass %d/%d fitted %s", depth, len(levels), names)
+    return report

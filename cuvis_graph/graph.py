@@ -1,0 +1,323 @@
+"""``Graph``: the building API and the train / predict / validate facade."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from .compiler import compile_graph
+from .config import TrainingConfig, parse_config
+from .errors import CuvisGraphError, Problem
+from .fitting import fit_statistics, move_batch
+from .leaves import LeafNode, MonitoringNode
+from .lightning import GraphModule
+from .monitors.hub import MonitorHub, MonitorLogger
+from .node import Node, snake_case
+from .plan import DataSpec, Plan
+from .results import TrainResult
+
+__all__ = ["Graph", "ParentRef"]
+
+log = logging.getLogger(__name__)
+
+ParentLike = Node | str | tuple[Node | str, str]
+
+
+class ParentRef:
+    """A declared parent: a node object, a name (``"norm"`` / ``"norm.out"``) or a batch key
+    (``"batch.mask"``)."""
+
+    __slots__ = ("obj", "name", "port", "batch_key")
+
+    def __init__(self, obj: Node | None = None, name: str | None = None, port: str | None = None,
+                 batch_key: str | None = None) -> None:
+        self.obj, self.name, self.port, self.batch_key = obj, name, port, batch_key
+
+    @classmethod
+    def parse(cls, ref: ParentLike) -> ParentRef:
+        if isinstance(ref, ParentRef):
+            return ref
+        if isinstance(ref, tuple) and len(ref) == 2:
+            base = cls.parse(ref[0])
+            base.port = ref[1]
+            return base
+        if isinstance(ref, Node):
+            return cls(obj=ref)
+        if isinstance(ref, str):
+            head, _, tail = ref.partition(".")
+            if head == "batch" and tail:
+                return cls(batch_key=tail)
+            return cls(name=head, port=tail or None)
+        raise TypeError(f"a parent must be a node, a name or (node, port); got {type(ref).__name__}")
+
+    def label(self) -> str:
+        if self.batch_key:
+            return f"batch.{self.batch_key}"
+        name = self.obj.name if self.obj is not None else self.name
+        return f"{name}.{self.port}" if self.port else str(name)
+
+
+class Graph:
+    """A DAG of processing nodes with leaves (losses, metrics, visualizations) and monitors.
+
+    Example::
+
+        graph = Graph("rx")
+        norm = graph.add_node(MinMaxNormalizer())
+        rx = graph.add_node(RXGlobal(), parent=norm)
+        graph.train(datamodule, TrainingConfig(trainer=TrainerConfig(max_epochs=0)))
+        scores = graph.predict(cube)["rx_global_0"]
+    """
+
+    def __init__(self, name: str = "graph") -> None:
+        self.name = name
+        self._nodes: dict[str, Node] = {}
+        self._leaves: dict[str, LeafNode] = {}
+        self._wiring: dict[str, dict[str, list[ParentRef]]] = {}
+        self._leaf_parents: dict[str, ParentRef] = {}
+        self._monitors: list[MonitoringNode] = []
+        self._problems: list[Problem] = []
+        self._type_counts: dict[str, int] = {}
+
+    # -- building ------------------------------------------------------------------------
+    def _assign_name(self, obj: Node | LeafNode, explicit: str | None) -> str:
+        if explicit is not None:
+            obj.name = explicit
+        if obj.name is not None:
+            name = obj.name
+            if name in self._nodes or name in self._leaves:
+                self._problems.append(Problem(f"node '{name}'", "duplicate name: another node or leaf has it"))
+                k = 1
+                while f"{name}#{k}" in self._nodes or f"{name}#{k}" in self._leaves:
+                    k += 1
+                return f"{name}#{k}"
+            return name
+        base = snake_case(type(obj).__name__)
+        while True:
+            n = self._type_counts.get(base, 0)
+            self._type_counts[base] = n + 1
+            candidate = f"{base}_{n}"
+            if candidate not in self._nodes and candidate not in self._leaves:
+                obj.name = candidate
+                return candidate
+
+    def add_node(self, node: Node, parent: ParentLike | Sequence[ParentLike] | Mapping[str, Any] | None = None,
+                 name: str | None = None) -> Node:
+        """Add ``node`` fed by ``parent``; returns the node.
+
+        ``parent`` is ``None`` (reads ``batch["cube"]``), a node / name / ``(node, port)``
+        (its first input port), a list (the ports in order, or all into a variadic port),
+        or ``{"port": parent_or_list}``.
+        """
+        if not isinstance(node, Node):
+            raise TypeError(f"add_node takes a Node, got {type(node).__name__}"
+                            + (" (use add_leaf_node for leaves)" if isinstance(node, LeafNode) else ""))
+        if any(node is n for n in self._nodes.values()):
+            raise CuvisGraphError(f"node '{node.name}' is already in graph '{self.name}'")
+        key = self._assign_name(node, name)
+        self._nodes[key] = node
+        self._wiring[key] = self._wire(node, parent)
+        return node
+
+    @staticmethod
+    def _wire(node: Node, parent: Any) -> dict[str, list[ParentRef]]:
+        if parent is None:
+            return {}
+        ports = list(node.input_specs)
+        if isinstance(parent, Mapping):
+            return {port: [ParentRef.parse(p) for p in (refs if isinstance(refs, list) else [refs])]
+                    for port, refs in parent.items()}
+        if isinstance(parent, list):
+            if ports and node.input_specs[ports[0]].variadic:
+                return {ports[0]: [ParentRef.parse(p) for p in parent]}
+            wiring = {port: [ParentRef.parse(p)] for port, p in zip(ports, parent, strict=False)}
+            for extra in parent[len(ports):]:
+                wiring.setdefault(f"<extra parent {ParentRef.parse(extra).label()}>", []).append(ParentRef.parse(extra))
+            return wiring
+        return {ports[0]: [ParentRef.parse(parent)]}
+
+    def add_leaf_node(self, leaf: LeafNode, parent: ParentLike, name: str | None = None) -> LeafNode:
+        """Attach a loss, metric or visualization leaf to ``parent``; returns the leaf."""
+        if not isinstance(leaf, LeafNode):
+            raise TypeError(f"add_leaf_node takes a LeafNode, got {type(leaf).__name__}")
+        key = self._assign_name(leaf, name)
+        self._leaves[key] = leaf
+        self._leaf_parents[key] = ParentRef.parse(parent)
+        return leaf
+
+    def register_monitor(self, monitor: MonitoringNode) -> MonitoringNode:
+        """Send this graph's metrics and figures to ``monitor`` during training."""
+        if not isinstance(monitor, MonitoringNode):
+            raise TypeError(f"register_monitor takes a MonitoringNode, got {type(monitor).__name__}")
+        self._monitors.append(monitor)
+        return monitor
+
+    @property
+    def nodes(self) -> dict[str, Node]:
+        return dict(self._nodes)
+
+    @property
+    def leaves(self) -> dict[str, LeafNode]:
+        return dict(self._leaves)
+
+    @property
+    def monitors(self) -> list[MonitoringNode]:
+        return list(self._monitors)
+
+    def __getitem__(self, name: str) -> Node | LeafNode:
+        if name in self._nodes:
+            return self._nodes[name]
+        return self._leaves[name]
+
+    # -- compile -------------------------------------------------------------------------
+    def compile(self, datamodule: Any = None, for_training: bool = False) -> Plan:
+        """Validate and plan (see :func:`~cuvis_graph.compiler.compile_graph`)."""
+        return compile_graph(self, _data_spec(datamodule), for_training=for_training)
+
+    def validate(self, datamodule: Any = None) -> Plan:
+        """Run every compile check without reading data; raises one ``CompileError``."""
+        return self.compile(datamodule)
+
+    def describe(self) -> str:
+        """A table: name, type, parents, output dims, trainable/statistical, parameters."""
+        from .describe import describe_graph
+
+        return describe_graph(self)
+
+    # -- train -------------------------------------------------------------------------
+    def train(self, datamodule: Any, config: TrainingConfig | Mapping[str, Any] | None = None, *,
+              callbacks: list[pl.Callback] | None = None, refit: bool = False) -> TrainResult:
+        """Compile, fit statistics, then train with Lightning when ``max_epochs > 0``."""
+        config = parse_config(TrainingConfig, config)
+        quiet_lightning()
+        pl.seed_everything(config.seed, workers=True, verbose=False)
+        if hasattr(datamodule, "prepare_data"):
+            datamodule.prepare_data()
+        if hasattr(datamodule, "setup"):
+            datamodule.setup("fit")
+        max_epochs = config.trainer.max_epochs
+        plan = self.compile(datamodule, for_training=max_epochs > 0)
+        device = _init_device(config.trainer.accelerator)
+        for step in plan.steps:
+            step.node.to(device)
+        loader = getattr(datamodule, "statistics_dataloader", datamodule.train_dataloader)
+        fit = fit_statistics(plan, loader, device=device, refit=refit,
+                             progress=config.trainer.enable_progress_bar)
+        for step in plan.steps:
+            step.node.prepare_for_train()
+        hub = MonitorHub(self._monitors)
+        module = GraphModule(plan, config.optimizer, config.scheduler, hub, max_epochs=max_epochs)
+        kwargs = config.trainer.trainer_kwargs()
+        trainer = pl.Trainer(**kwargs, logger=MonitorLogger(hub), callbacks=list(callbacks or []),
+                             enable_checkpointing=False, enable_model_summary=False,
+                             default_root_dir="runs/lightning")
+        has_val = _has_batches(datamodule, "val_dataloader") and bool(module.metric_bindings or module.loss_bindings
+                                                                      or module.vis_bindings)
+        initial: dict[str, float] = {}
+        try:
+            if has_val:
+                validate = pl.Trainer(**{**kwargs, "max_epochs": max(max_epochs, 1)}, logger=MonitorLogger(hub),
+                                      enable_checkpointing=False, enable_model_summary=False,
+                                      default_root_dir="runs/lightning")
+                initial = _floats(validate.validate(module, datamodule=datamodule, verbose=False)[0])
+            if max_epochs > 0:
+                trainer.fit(module, datamodule=datamodule)
+        finally:
+            hub.close()
+        metrics = _floats(trainer.callback_metrics) if max_epochs > 0 else dict(initial)
+        for step in plan.steps:
+            step.node.eval()
+        return TrainResult(metrics=metrics, fit=fit, initial_metrics=initial, trainer=trainer, module=module,
+                           failures=list(hub.failures))
+
+    # -- inference ------------------------------------------------------------------------
+    def predict(self, data: Any, output: str | None = None) -> dict[str, torch.Tensor] | torch.Tensor:
+        """Run the graph on a cube ``[H,W,C]``, a batch ``[B,H,W,C]`` or a batch dict.
+
+        Returns ``{sink_name: tensor}``, or the tensor of node ``output`` (``"name"`` or
+        ``"name.port"``). A 3-D input gives outputs without the batch dimension.
+        """
+        from .executor import Executor
+
+        single = False
+        if isinstance(data, Mapping):
+            batch = dict(data)
+        else:
+            cube = torch.as_tensor(np.asarray(data) if not isinstance(data, torch.Tensor) else data)
+            if cube.ndim == 3:
+                cube, single = cube[None], True
+            if cube.ndim != 4:
+                raise ValueError(f"predict takes a cube [H,W,C] or a batch [B,H,W,C], got shape {tuple(cube.shape)}")
+            batch = {"cube": cube.float()}
+        cube = batch["cube"]
+        plan = self.compile(DataSpec(n_channels=int(cube.shape[-1]), batch_keys=frozenset(batch)))
+        device = next((t.device for s in plan.steps for t in list(s.node.parameters()) + list(s.node.buffers())),
+                      torch.device("cpu"))
+        batch = move_batch(batch, device)
+        executor = Executor(plan)
+        for step in plan.steps:
+            step.node.eval()
+        with torch.no_grad():
+            outputs = executor.run(batch)
+        if output is not None:
+            name, _, port = output.partition(".")
+            if name not in outputs:
+                from .errors import did_you_mean
+
+                raise KeyError(f"no node '{name}' in graph '{self.name}'{did_you_mean(name, outputs)}")
+            ports = outputs[name]
+            result = ports[port] if port else next(iter(ports.values()))
+            return result[0] if single else result
+        sinks = {n: next(iter(outputs[n].values())) for n in plan.sinks()}
+        return {n: (t[0] if single else t) for n, t in sinks.items()}
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning notices that say nothing about the user's pipeline."""
+    os.environ.setdefault("POSSIBLE_USER_WARNINGS", "off")
+    for pattern in (".*does not have many workers.*", ".*overridden `transfer_batch_to_device`.*",
+                    ".*smaller than the logging interval.*", ".*LeafSpec.*is deprecated.*",
+                    ".*GPU available but not used.*", ".*`training_step` returned `None`.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
+                 "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _data_spec(datamodule: Any) -> DataSpec | None:
+    if datamodule is None or isinstance(datamodule, DataSpec):
+        return datamodule
+    if hasattr(datamodule, "data_spec"):
+        return datamodule.data_spec()
+    raise TypeError(f"expected a GraphDataModule or DataSpec, got {type(datamodule).__name__}")
+
+
+def _init_device(accelerator: str) -> torch.device:
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _has_batches(datamodule: Any, method: str) -> bool:
+    fn = getattr(datamodule, method, None)
+    if fn is None:
+        return False
+    try:
+        loader = fn()
+    except Exception:  # noqa: BLE001 - no loader of that kind
+        return False
+    try:
+        return len(loader) > 0
+    except TypeError:
+        return True
+
+
+def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}

@@ -1,0 +1,191 @@
+"""The compiled LightningModule: every step runs the plan through the one executor.
+
+* loss: ``L = sum_i w_i * L_i`` over loss leaves; logged as ``<stage>/loss/<leaf>``
+  (weighted) and ``<stage>/loss`` (total);
+* metrics: torchmetrics states per stage, logged at epoch end as ``<stage>/<leaf>/<name>``;
+* visualizations: first validation batch of every ``log_frequency``-th epoch, rank 0,
+  never during the sanity check, sent to the monitors; a failing one is disabled.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from .config import OptimizerConfig, SchedulerConfig
+from .executor import Executor
+from .fitting import move_batch
+from .leaves import LossNode, MetricNode, VisualizationNode
+from .monitors.hub import MonitorHub
+from .plan import Plan
+
+__all__ = ["GraphModule", "build_optimizer", "build_scheduler"]
+
+STAGES = ("train", "val", "test")
+
+
+def build_optimizer(params: list[nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, max_epochs: int) -> dict[str, Any]:
+    """Lightning ``lr_scheduler`` dict (epoch interval) for ``cfg``."""
+    if cfg.name == "step":
+        sched = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+        return {"scheduler": sched, "interval": "epoch"}
+    if cfg.name == "plateau":
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=cfg.mode, factor=cfg.factor,
+                                                           patience=cfg.patience, min_lr=cfg.min_lr)
+        return {"scheduler": sched, "interval": "epoch", "monitor": cfg.monitor}
+    base = optimizer.param_groups[0]["lr"]
+    warm, total, floor = cfg.warmup_epochs, max(max_epochs, 1), cfg.min_lr / base
+
+    def factor(epoch: int) -> float:
+        if epoch < warm:
+            return cfg.warmup_start_factor + (1 - cfg.warmup_start_factor) * epoch / warm
+        progress = (epoch - warm) / max(total - warm, 1)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "epoch"}
+
+
+class GraphModule(pl.LightningModule):
+    """LightningModule compiled from a :class:`Plan`. Shares node objects with the graph."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        optimizer: OptimizerConfig | None = None,
+        scheduler: SchedulerConfig | None = None,
+        hub: MonitorHub | None = None,
+        max_epochs: int = 1,
+    ) -> None:
+        super().__init__()
+        self.plan = plan
+        self.executor = Executor(plan)
+        self.optimizer_config = optimizer or OptimizerConfig()
+        self.scheduler_config = scheduler
+        self.max_epochs_hint = max_epochs
+        self.hub = hub or MonitorHub()
+        self.graph_nodes = nn.ModuleDict({s.name: s.node for s in plan.steps})
+        self.graph_leaves = nn.ModuleDict({b.name: b.leaf for b in plan.leaves})
+        self.loss_bindings = [b for b in plan.leaves if isinstance(b.leaf, LossNode)]
+        self.metric_bindings = [b for b in plan.leaves if isinstance(b.leaf, MetricNode)]
+        self.vis_bindings = [b for b in plan.leaves if isinstance(b.leaf, VisualizationNode)]
+        self.stage_metrics = nn.ModuleDict({
+            stage: nn.ModuleDict({b.name: b.leaf.create_metrics() for b in self.metric_bindings})
+            for stage in ("val", "test")
+        })
+        self.disabled_visualizations: set[str] = set()
+
+    # -- steps ---------------------------------------------------------------------------
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
+        return self.executor.run(batch)
+
+    @staticmethod
+    def _batch_size(batch: Mapping[str, Any]) -> int:
+        cube = batch.get("cube")
+        return int(cube.shape[0]) if isinstance(cube, torch.Tensor) else 1
+
+    def _losses(self, batch, outputs, stage: str) -> torch.Tensor | None:
+        if not self.loss_bindings:
+            return None
+        total = None
+        bs = self._batch_size(batch)
+        for b in self.loss_bindings:
+            output, leaf_batch = self.executor.leaf_inputs(b, batch, outputs)
+            value = b.leaf.weight * b.leaf.compute_loss(output, leaf_batch)
+            self.log(f"{stage}/loss/{b.name}", value, on_step=False, on_epoch=True, batch_size=bs)
+            total = value if total is None else total + value
+        self.log(f"{stage}/loss", total, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs)
+        return total
+
+    def _update_metrics(self, batch, outputs, stage: str) -> None:
+        for b in self.metric_bindings:
+            output, leaf_batch = self.executor.leaf_inputs(b, batch, outputs)
+            b.leaf.update_metrics(self.stage_metrics[stage][b.name], output, leaf_batch)
+
+    def _log_metrics(self, stage: str) -> None:
+        for b in self.metric_bindings:
+            collection = self.stage_metrics[stage][b.name]
+            values = b.leaf.compute_metrics(collection)
+            collection.reset()
+            self.log_dict({f"{stage}/{b.name}/{k}": v for k, v in values.items()}, sync_dist=False)
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
+        outputs = self.executor.run(batch)
+        return self._losses(batch, outputs, "train")
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        outputs = self.executor.run(batch)
+        self._losses(batch, outputs, "val")
+        self._update_metrics(batch, outputs, "val")
+        if batch_idx == 0:
+            self._visualize(batch, outputs)
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        outputs = self.executor.run(batch)
+        self._losses(batch, outputs, "test")
+        self._update_metrics(batch, outputs, "test")
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int = 0) -> dict[str, torch.Tensor]:
+        outputs = self.executor.run(batch)
+        return {name: next(iter(outputs[name].values())) for name in self.plan.sinks()}
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return move_batch(batch, device) if isinstance(batch, Mapping) else super().transfer_batch_to_device(
+            batch, device, dataloader_idx)
+
+    # -- visualizations -----------------------------------------------------------------
+    def _visualize(self, batch, outputs) -> None:
+        trainer = self._trainer
+        if trainer is None or trainer.sanity_checking or not trainer.is_global_zero or not self.vis_bindings:
+            return
+        import matplotlib.pyplot as plt
+
+        epoch = self.current_epoch
+        cpu_batch = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        for b in self.vis_bindings:
+            if b.name in self.disabled_visualizations or not b.leaf.should_run(epoch):
+                continue
+            try:
+                output, leaf_batch = self.executor.leaf_inputs(b, cpu_batch, _detach(outputs))
+                figures = b.leaf.visualize(output, leaf_batch, self.graph_nodes[b.parent.key])
+            except Exception as exc:  # noqa: BLE001 - a visualization never stops training
+                self.disabled_visualizations.add(b.name)
+                self.hub.record_failure(b.name, "visualization", exc)
+                continue
+            for fig_name, fig in figures.items():
+                self.hub.log_artifact(fig, f"{b.name}/{fig_name}", epoch, "val")
+                plt.close(fig)
+
+    # -- optimisation ------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            return None
+        optimizer = build_optimizer(params, self.optimizer_config)
+        if self.scheduler_config is None:
+            return optimizer
+        return {"optimizer": optimizer,
+                "lr_scheduler": build_scheduler(optimizer, self.scheduler_config, self.max_epochs_hint)}
+
+
+def _detach(outputs: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
+    return {n: {p: t.detach().cpu() for p, t in ports.items()} for n, ports in outputs.items()}

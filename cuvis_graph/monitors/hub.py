@@ -1,0 +1,94 @@
+"""Fan-out to the graph's monitors with failure isolation, and a Lightning logger over it.
+
+A monitor that raises is reported once (``logging.warning`` with its name and the
+error), recorded in :attr:`MonitorHub.failures`, and skipped from then on; training goes
+on and the other monitors keep receiving everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
+
+from ..leaves import MonitoringNode
+
+__all__ = ["MonitorHub", "MonitorLogger"]
+
+log = logging.getLogger(__name__)
+
+
+class MonitorHub:
+    """Holds monitors; calls them safely."""
+
+    def __init__(self, monitors: list[MonitoringNode] | None = None) -> None:
+        self.monitors: list[MonitoringNode] = list(monitors or [])
+        self.disabled: set[int] = set()
+        self.failures: list[dict[str, str]] = []
+
+    def record_failure(self, who: str, kind: str, exc: BaseException) -> None:
+        """Report a side-effect failure once and keep it for ``run.json``."""
+        message = f"{type(exc).__name__}: {exc}"
+        log.warning("%s '%s' failed and is disabled for the rest of the run: %s", kind, who, message)
+        self.failures.append({"name": who, "kind": kind, "error": message,
+                              "traceback": "".join(traceback.format_exception(exc))})
+
+    def _call(self, method: str, *args: Any) -> None:
+        for i, monitor in enumerate(self.monitors):
+            if i in self.disabled:
+                continue
+            try:
+                getattr(monitor, method)(*args)
+            except Exception as exc:  # noqa: BLE001 - a monitor never stops training
+                self.disabled.add(i)
+                self.record_failure(monitor.name or type(monitor).__name__, "monitor", exc)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int, stage: str) -> None:
+        self._call("log_metrics", dict(metrics), step, stage)
+
+    def log_artifact(self, artifact: Any, name: str, step: int, stage: str) -> None:
+        self._call("log_artifact", artifact, name, step, stage)
+
+    def close(self) -> None:
+        self._call("close")
+
+
+class MonitorLogger(Logger):
+    """Lightning logger that routes ``self.log`` values to a :class:`MonitorHub`.
+
+    Keys ``"<stage>/..."`` are grouped by stage (``train``, ``val``, ``test``...)."""
+
+    def __init__(self, hub: MonitorHub) -> None:
+        super().__init__()
+        self.hub = hub
+
+    @property
+    def name(self) -> str:
+        return "cuvis_graph"
+
+    @property
+    def version(self) -> str:
+        return "0"
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        groups: dict[str, dict[str, float]] = defaultdict(dict)
+        extras = {k: float(v) for k, v in metrics.items() if "/" not in k}
+        for key, value in metrics.items():
+            if "/" in key:
+                groups[key.split("/", 1)[0]][key] = float(value)
+        for stage, values in groups.items():
+            self.hub.log_metrics({**values, **extras}, int(step or 0), stage)
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        return None

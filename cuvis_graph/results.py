@@ -1,0 +1,36 @@
+"""What ``graph.train`` returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+    from .fitting import FitReport
+    from .lightning import GraphModule
+
+__all__ = ["TrainResult"]
+
+
+@dataclass
+class TrainResult:
+    """Outcome of ``graph.train``.
+
+    Attributes:
+        metrics: final logged values (``{"val/loss": ..., "val/metrics/f1": ...}``).
+        initial_metrics: validation values right after statistical init (before gradients),
+            when a validation set exists and the graph has metrics or losses.
+        fit: what statistical initialization did (passes, levels).
+        trainer: the Lightning trainer (``None`` when nothing ran through Lightning).
+        module: the compiled LightningModule.
+        failures: side effects (monitors, visualizations) that failed and were disabled.
+    """
+
+    metrics: dict[str, float]
+    fit: FitReport
+    initial_metrics: dict[str, float] = field(default_factory=dict)
+    trainer: pl.Trainer | None = None
+    module: GraphModule | None = None
+    failures: list[dict[str, Any]] = field(default_factory=list)

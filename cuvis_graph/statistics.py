@@ -1,0 +1,238 @@
+"""Mergeable streaming accumulators for statistical initialization.
+
+Every accumulator holds *sufficient statistics* in float64, so that
+
+* batches can arrive in any split and give the same result (up to rounding),
+* two accumulators merge exactly (``a.merge(b)``), and
+* under DDP the per-rank states are summed with one all-reduce (:meth:`all_reduce`).
+
+No accumulator keeps samples: memory is O(C^2) whatever the dataset size.
+
+Moments use a *shift* ``s`` (the first batch's mean) for numerical stability on raw
+sensor values (~1e4)::
+
+    n,   S = sum_i (x_i - s),   M = sum_i (x_i - s)(x_i - s)^T
+    mean = s + S / n
+    scatter = M - S S^T / n            (= sum_i (x_i - mean)(x_i - mean)^T)
+    cov = scatter / (n - ddof)
+
+Changing the shift from ``s`` to ``s'`` with ``d = s - s'`` is exact::
+
+    S' = S + n d,   M' = M + d S^T + S d^T + n d d^T
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "Accumulator",
+    "MomentAccumulator",
+    "MinMaxAccumulator",
+    "distributed_ready",
+]
+
+F64 = torch.float64
+
+
+def distributed_ready() -> bool:
+    """True when a torch.distributed process group with more than one rank is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _as_rows(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Flatten ``[..., C]`` to ``[N, C]`` float64 rows (C = ``dim``)."""
+    if x.shape[-1] != dim:
+        raise ValueError(f"expected last dimension {dim}, got shape {tuple(x.shape)}")
+    return x.detach().reshape(-1, dim).to(F64)
+
+
+class Accumulator(ABC):
+    """Streaming statistic: ``update`` with batches, ``merge`` exactly, ``all_reduce`` over ranks."""
+
+    @abstractmethod
+    def update(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        """Add the rows of ``x`` (``[..., C]``); ``weights`` (``[...]``, 0/1) selects rows."""
+
+    @abstractmethod
+    def merge(self, other: Accumulator) -> None:
+        """Fold another accumulator of the same kind into this one (exact)."""
+
+    @abstractmethod
+    def all_reduce(self) -> None:
+        """Combine the states of all DDP ranks in place; a no-op in a single process."""
+
+    @property
+    @abstractmethod
+    def count(self) -> int:
+        """Number of rows seen."""
+
+
+class MomentAccumulator(Accumulator):
+    """Count, mean and (co)variance of ``C``-dimensional rows, in float64 with a shift.
+
+    Args:
+        dim: number of channels C.
+        full_covariance: keep the ``[C, C]`` scatter matrix; otherwise only its diagonal.
+    """
+
+    def __init__(self, dim: int, full_covariance: bool = True) -> None:
+        self.dim = int(dim)
+        self.full_covariance = full_covariance
+        self.n = 0
+        self.shift: torch.Tensor | None = None
+        self.sum = torch.zeros(self.dim, dtype=F64)
+        shape = (self.dim, self.dim) if full_covariance else (self.dim,)
+        self.second = torch.zeros(shape, dtype=F64)
+
+    # -- streaming -------------------------------------------------------------------
+    def update(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        rows = _as_rows(x, self.dim)
+        if weights is not None:
+            rows = rows[weights.detach().reshape(-1).to(rows.device) > 0]
+        if rows.shape[0] == 0:
+            return
+        self._to(rows.device)
+        if self.shift is None:
+            self.shift = rows.mean(dim=0)
+        centred = rows - self.shift
+        self.n += rows.shape[0]
+        self.sum += centred.sum(dim=0)
+        if self.full_covariance:
+            self.second.addmm_(centred.T, centred)
+        else:
+            self.second += (centred * centred).sum(dim=0)
+
+    def _to(self, device: torch.device) -> None:
+        if self.sum.device != device:
+            self.sum = self.sum.to(device)
+            self.second = self.second.to(device)
+            if self.shift is not None:
+                self.shift = self.shift.to(device)
+
+    def rebase(self, new_shift: torch.Tensor) -> None:
+        """Express the state relative to ``new_shift`` (exact algebra, see module doc)."""
+        new_shift = new_shift.to(device=self.sum.device, dtype=F64)
+        if self.shift is None:
+            self.shift = new_shift.clone()
+            return
+        d = self.shift - new_shift
+        if self.full_covariance:
+            self.second += torch.outer(d, self.sum) + torch.outer(self.sum, d)
+            self.second += self.n * torch.outer(d, d)
+        else:
+            self.second += 2 * d * self.sum + self.n * d * d
+        self.sum += self.n * d
+        self.shift = new_shift.clone()
+
+    def merge(self, other: Accumulator) -> None:
+        if not isinstance(other, MomentAccumulator) or other.dim != self.dim:
+            raise TypeError("can only merge a MomentAccumulator of the same dimension")
+        if other.n == 0:
+            return
+        if self.n == 0:
+            self.n, self.shift = other.n, other.shift.clone()
+            self.sum, self.second = other.sum.clone(), other.second.clone()
+            return
+        other_copy = MomentAccumulator(self.dim, self.full_covariance)
+        other_copy.n, other_copy.shift = other.n, other.shift.clone()
+        other_copy.sum, other_copy.second = other.sum.clone(), other.second.clone()
+        other_copy.rebase(self.shift)
+        self.n += other_copy.n
+        self.sum += other_copy.sum
+        self.second += other_copy.second
+
+    def all_reduce(self) -> None:
+        if not distributed_ready():
+            return
+        # A common shift first (the count-weighted mean of the ranks' means), then sums.
+        count = torch.tensor([float(self.n)], dtype=F64, device=self.sum.device)
+        local_mean = self.mean if self.n > 0 else torch.zeros(self.dim, dtype=F64)
+        weighted = local_mean.to(self.sum.device) * count
+        dist.all_reduce(count)
+        dist.all_reduce(weighted)
+        common = weighted / count.clamp_min(1.0)
+        self.rebase(common)
+        n = torch.tensor([float(self.n)], dtype=F64, device=self.sum.device)
+        for t in (n, self.sum, self.second):
+            dist.all_reduce(t)
+        self.n = int(round(n.item()))
+
+    # -- results ---------------------------------------------------------------------
+    @property
+    def count(self) -> int:
+        return self.n
+
+    def _require_data(self) -> None:
+        if self.n == 0:
+            raise RuntimeError("no data was accumulated")
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """``[C]`` float64 mean."""
+        self._require_data()
+        return self.shift + self.sum / self.n
+
+    @property
+    def scatter(self) -> torch.Tensor:
+        """``[C, C]`` (or ``[C]`` diagonal) float64 sum of centred outer products."""
+        self._require_data()
+        if self.full_covariance:
+            return self.second - torch.outer(self.sum, self.sum) / self.n
+        return self.second - self.sum * self.sum / self.n
+
+    def covariance(self, ddof: int = 1) -> torch.Tensor:
+        """Covariance ``scatter / (n - ddof)``; ``[C, C]`` or its diagonal ``[C]``."""
+        if self.n - ddof <= 0:
+            raise RuntimeError(f"need more than {ddof} samples for a covariance, got {self.n}")
+        return self.scatter / (self.n - ddof)
+
+    def variance(self, ddof: int = 1) -> torch.Tensor:
+        """Per-channel variance ``[C]``."""
+        cov = self.covariance(ddof)
+        return torch.diagonal(cov) if self.full_covariance else cov
+
+
+class MinMaxAccumulator(Accumulator):
+    """Per-channel minimum and maximum of ``C``-dimensional rows (exact under merge)."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = int(dim)
+        self.n = 0
+        self.min = torch.full((self.dim,), float("inf"), dtype=F64)
+        self.max = torch.full((self.dim,), float("-inf"), dtype=F64)
+
+    def update(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        rows = _as_rows(x, self.dim)
+        if weights is not None:
+            rows = rows[weights.detach().reshape(-1).to(rows.device) > 0]
+        if rows.shape[0] == 0:
+            return
+        if self.min.device != rows.device:
+            self.min, self.max = self.min.to(rows.device), self.max.to(rows.device)
+        self.n += rows.shape[0]
+        self.min = torch.minimum(self.min, rows.amin(dim=0))
+        self.max = torch.maximum(self.max, rows.amax(dim=0))
+
+    def merge(self, other: Accumulator) -> None:
+        if not isinstance(other, MinMaxAccumulator) or other.dim != self.dim:
+            raise TypeError("can only merge a MinMaxAccumulator of the same dimension")
+        self.n += other.n
+        self.min = torch.minimum(self.min, other.min.to(self.min.device))
+        self.max = torch.maximum(self.max, other.max.to(self.max.device))
+
+    def all_reduce(self) -> None:
+        if not distributed_ready():
+            return
+        n = torch.tensor([float(self.n)], dtype=F64, device=self.min.device)
+        dist.all_reduce(n)
+        dist.all_reduce(self.min, op=dist.ReduceOp.MIN)
+        dist.all_reduce(self.max, op=dist.ReduceOp.MAX)
+        self.n = int(round(n.item()))
+
+    @property
+    def count(self) -> int:
+        return self.n

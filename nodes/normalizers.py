@@ -1,0 +1,117 @@
+"""Per-channel normalizers fitted by the streaming statistical pass."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cuvis_graph.node import Node, PortSpec
+from cuvis_graph.registry import register
+from cuvis_graph.statistics import Accumulator, MinMaxAccumulator, MomentAccumulator
+
+__all__ = ["MinMaxNormalizer", "StandardNormalizer"]
+
+CUBE = ("B", "H", "W", "C")
+
+
+class _AffineMixin:
+    """Optional trainable affine ``y <- gamma * y + beta`` (``[C]`` each) after normalization."""
+
+    def _init_affine(self, enabled: bool) -> None:
+        self.affine = enabled
+        self.gamma = nn.Parameter(torch.ones(0)) if enabled else None
+        self.beta = nn.Parameter(torch.zeros(0)) if enabled else None
+
+    def _build_affine(self, channels: int) -> None:
+        if self.affine and self.gamma.numel() != channels:
+            self.gamma = nn.Parameter(torch.ones(channels))
+            self.beta = nn.Parameter(torch.zeros(channels))
+
+    def _apply_affine(self, y: torch.Tensor) -> torch.Tensor:
+        return y * self.gamma + self.beta if self.affine else y
+
+    def is_trainable(self) -> bool:
+        return self.affine and not self._frozen
+
+
+@register
+class MinMaxNormalizer(_AffineMixin, Node):
+    """Min-max scaling ``y = (x - min) / (max - min + eps)`` per channel (``[B,H,W,C]`` -> same).
+
+    Args:
+        eps: added to the range so constant channels do not divide by zero.
+        per_channel: one min/max per channel (else one over all channels).
+        use_running_stats: min/max from the statistical pass over the training set; with
+            ``False`` every batch is scaled by its own min/max (no fitting).
+        affine: append a trainable per-channel ``gamma * y + beta``.
+    """
+
+    INPUTS = {"x": PortSpec(CUBE, batch_key="cube", description="cube")}
+    OUTPUTS = {"out": PortSpec(CUBE, description="scaled cube")}
+    statistical = True
+
+    def __init__(self, eps: float = 1e-6, per_channel: bool = True, use_running_stats: bool = True,
+                 affine: bool = False, name: str | None = None) -> None:
+        super().__init__(name=name)
+        self.statistical = use_running_stats
+        self.mark_fitted(not use_running_stats)
+        self.eps, self.per_channel, self.use_running_stats = eps, per_channel, use_running_stats
+        self.register_buffer("min", torch.zeros(0))
+        self.register_buffer("max", torch.zeros(0))
+        self._init_affine(affine)
+
+    def create_accumulators(self, x: torch.Tensor) -> dict[str, Accumulator]:
+        return {"minmax": MinMaxAccumulator(x.shape[-1] if self.per_channel else 1)}
+
+    def update_statistics(self, accumulators: dict[str, Accumulator], x: torch.Tensor) -> None:
+        accumulators["minmax"].update(x if self.per_channel else x.reshape(-1, 1))
+
+    def finalize_statistics(self, accumulators: dict[str, Accumulator]) -> None:
+        acc = accumulators["minmax"]
+        self.min = acc.min.float().to(self.min.device)
+        self.max = acc.max.float().to(self.max.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_running_stats:
+            lo, hi = self.min, self.max
+        else:
+            flat = x.reshape(x.shape[0], -1, x.shape[-1]) if self.per_channel else x.reshape(x.shape[0], -1, 1)
+            lo = flat.amin(dim=1)[:, None, None, :]
+            hi = flat.amax(dim=1)[:, None, None, :]
+        self._build_affine(x.shape[-1])
+        return self._apply_affine((x - lo) / (hi - lo + self.eps))
+
+
+@register
+class StandardNormalizer(_AffineMixin, Node):
+    """Standardization ``y = (x - mu) / (sigma + eps)`` per channel (``[B,H,W,C]`` -> same).
+
+    ``mu`` and ``sigma`` (sample std, ddof=1) come from float64 streaming moments.
+    """
+
+    INPUTS = {"x": PortSpec(CUBE, batch_key="cube", description="cube")}
+    OUTPUTS = {"out": PortSpec(CUBE, description="standardized cube")}
+    statistical = True
+
+    def __init__(self, eps: float = 1e-6, per_channel: bool = True, affine: bool = False,
+                 name: str | None = None) -> None:
+        super().__init__(name=name)
+        self.eps, self.per_channel = eps, per_channel
+        self.register_buffer("mean", torch.zeros(0))
+        self.register_buffer("std", torch.ones(0))
+        self._init_affine(affine)
+
+    def create_accumulators(self, x: torch.Tensor) -> dict[str, Accumulator]:
+        return {"moments": MomentAccumulator(x.shape[-1] if self.per_channel else 1, full_covariance=False)}
+
+    def update_statistics(self, accumulators: dict[str, Accumulator], x: torch.Tensor) -> None:
+        accumulators["moments"].update(x if self.per_channel else x.reshape(-1, 1))
+
+    def finalize_statistics(self, accumulators: dict[str, Accumulator]) -> None:
+        acc = accumulators["moments"]
+        self.mean = acc.mean.float().to(self.mean.device)
+        self.std = acc.variance(ddof=1).sqrt().float().to(self.std.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._build_affine(x.shape[-1])
+        return self._apply_affine((x - self.mean) / (self.std + self.eps))
