@@ -46,8 +46,9 @@ def _batch_dims(key: str, n_channels: int | None) -> tuple | None:
 
 
 class _Compiler:
-    def __init__(self, graph: Graph, data: DataSpec | None, for_training: bool) -> None:
+    def __init__(self, graph: Graph, data: DataSpec | None, for_training: bool, with_leaves: bool = True) -> None:
         self.graph = graph
+        self.with_leaves = with_leaves
         self.data = data
         self.for_training = for_training
         self.problems: list[Problem] = list(graph._problems)
@@ -214,6 +215,12 @@ class _Compiler:
             where = f"leaf '{b.name}' ({type(b.leaf).__name__})"
             if b.target is not None and b.target.kind == "batch":
                 needs.append((where, b.target.key))
+            elif b.target is not None and self.nodes[b.target.key].provides_labels:
+                # a label node's optional batch inputs (e.g. "mask") are required by its consumers
+                label_wiring = wiring.get(b.target.key, {})
+                needs += [(f"{where} via label node '{b.target.key}'", spec.batch_key)
+                          for port, spec in self.nodes[b.target.key].input_specs.items()
+                          if spec.batch_key is not None and port not in label_wiring]
             needs += [(where, k) for k in sorted(b.leaf.required_batch_keys)]
         for where, key in needs:
             if key not in available:
@@ -239,7 +246,7 @@ class _Compiler:
         wiring = self.wire()
         order, parents = self.order(wiring)
         dims = self.infer_dims(order, wiring) if order is not None else {}
-        leaves = self.bind_leaves(dims)
+        leaves = self.bind_leaves(dims) if self.with_leaves else []
         self.check_batch_keys(wiring, leaves)
         self.check_training(order)
         if self.problems:
@@ -255,10 +262,13 @@ def _flat(inputs: dict) -> list[Source]:
     return out
 
 
-def compile_graph(graph: Graph, data: DataSpec | None = None, for_training: bool = False) -> Plan:
+def compile_graph(graph: Graph, data: DataSpec | None = None, for_training: bool = False,
+                  with_leaves: bool = True) -> Plan:
     """Validate ``graph`` against ``data`` and build its :class:`Plan`.
+
+    ``with_leaves=False`` plans the processing nodes only (inference).
 
     Raises:
         CompileError: listing every problem found, each naming the node, port or leaf.
     """
-    return _Compiler(graph, data, for_training).run()
+    return _Compiler(graph, data, for_training, with_leaves).run()

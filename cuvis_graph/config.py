@@ -13,6 +13,10 @@ __all__ = [
     "OptimizerConfig",
     "SchedulerConfig",
     "TrainingConfig",
+    "CheckpointConfig",
+    "EarlyStoppingConfig",
+    "CallbacksConfig",
+    "RunConfig",
     "format_validation_error",
     "parse_config",
 ]
@@ -78,6 +82,56 @@ class SchedulerConfig(StrictModel):
     mode: Literal["min", "max"] = "min"
 
 
+class CheckpointConfig(StrictModel):
+    """Lightning ``ModelCheckpoint`` in ``<run>/checkpoints/``.
+
+    ``monitor="auto"`` picks ``val/loss`` when there is validation data and a loss,
+    ``train/loss`` when there is a loss only, else no monitor (the latest epoch is
+    "best"). With ``save_top_k=1`` the best checkpoint is ``best.ckpt``; with more, the
+    ``save_top_k`` best are kept as ``epoch=NNN.ckpt`` (older ones are deleted, so disk
+    use stays bounded). ``last.ckpt`` is rewritten atomically every ``every_n_epochs``.
+    """
+
+    enabled: bool = True
+    monitor: str | None = "auto"
+    mode: Literal["min", "max"] = "min"
+    save_top_k: int = Field(1, ge=0)
+    save_last: bool = True
+    every_n_epochs: int = Field(1, ge=1)
+
+
+class EarlyStoppingConfig(StrictModel):
+    """Lightning ``EarlyStopping``: stop when ``monitor`` has not improved by ``min_delta``
+    for ``patience`` validation checks."""
+
+    monitor: str = "val/loss"
+    patience: int = Field(3, ge=0)
+    mode: Literal["min", "max"] = "min"
+    min_delta: float = Field(0.0, ge=0)
+
+
+class CallbacksConfig(StrictModel):
+    """Callbacks built from config (custom ones: ``graph.train(..., callbacks=[...])``).
+
+    * ``early_stopping``: see :class:`EarlyStoppingConfig` (off when ``None``);
+    * ``lr_monitor``: log the learning rate each epoch as ``lr-<Optimizer>``;
+    * ``rich_progress_bar``: Lightning's ``RichProgressBar`` instead of tqdm;
+    * ``parameter_histograms``: every ``n`` epochs send parameter histograms to monitors
+      that support them (TensorBoard); ``0`` disables.
+    """
+
+    early_stopping: EarlyStoppingConfig | None = None
+    lr_monitor: bool = False
+    rich_progress_bar: bool = False
+    parameter_histograms: int = Field(1, ge=0)
+
+
+class RunConfig(StrictModel):
+    """Where run directories go: ``<root>/<pipeline-name>/<YYYYMMDD_HHMMSS_mmm>/``."""
+
+    root: str = "runs"
+
+
 class TrainingConfig(StrictModel):
     """Everything ``graph.train`` needs besides the graph and the data."""
 
@@ -85,6 +139,9 @@ class TrainingConfig(StrictModel):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig | None = None
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    callbacks: CallbacksConfig = Field(default_factory=CallbacksConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainingConfig:

@@ -10,6 +10,7 @@ streams its shard and the accumulators are all-reduced before ``finalize_statist
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ class FitReport:
     passes: int = 0
     levels: list[list[str]] = field(default_factory=list)
     batches: int = 0
+    seconds: float = 0.0
 
 
 def move_batch(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
@@ -61,6 +63,7 @@ def fit_statistics(
     executor = Executor(plan)
     levels = plan.statistical_levels(refit=refit)
     report = FitReport(levels=levels)
+    started = time.perf_counter()
     for depth, names in enumerate(levels, 1):
         needed = plan.ancestors(names)
         accumulators: dict[str, dict[str, Accumulator]] = {}
@@ -87,4 +90,5 @@ def fit_statistics(
             node.finalize_statistics(accumulators[name])
             node.mark_fitted(True)
         log.info("statistics pass %d/%d fitted %s", depth, len(levels), names)
+    report.seconds = time.perf_counter() - started
     return report

@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
+from .callbacks import AtomicCheckpointIO, SafeCallback, build_callbacks
 from .compiler import compile_graph
 from .config import TrainingConfig, parse_config
 from .errors import CuvisGraphError, Problem
 from .fitting import fit_statistics, move_batch
 from .leaves import LeafNode, MonitoringNode
 from .lightning import GraphModule
+from .monitors.file import FileMonitor
 from .monitors.hub import MonitorHub, MonitorLogger
 from .node import Node, snake_case
 from .plan import DataSpec, Plan
 from .results import TrainResult
+from .runs import RunSession, open_run, pipeline_summary
 
 __all__ = ["Graph", "ParentRef"]
 
@@ -191,12 +196,54 @@ class Graph:
 
         return describe_graph(self)
 
+    # -- YAML (see cuvis_graph.spec) ---------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, source: str | os.PathLike | Mapping[str, Any], overrides: Sequence[str] = (),
+                  allow_modules: Sequence[str] = ()) -> Graph:
+        """A graph from a pipeline file, YAML text or mapping (Hydra overrides allowed).
+
+        Only nodes, leaves and monitors are built; :func:`cuvis_graph.spec.load_pipeline`
+        also gives the datamodule and training configuration.
+        """
+        from .spec import graph_from_yaml
+
+        return graph_from_yaml(source, overrides, allow_modules)
+
+    def to_yaml(self, path: str | os.PathLike | None = None, **sections: Any) -> str:
+        """This graph as pipeline YAML (written atomically to ``path`` when given);
+        ``training=``/``data=`` add those sections."""
+        from .spec import graph_to_yaml
+
+        return graph_to_yaml(self, path, **sections)
+
     # -- train -------------------------------------------------------------------------
     def train(self, datamodule: Any, config: TrainingConfig | Mapping[str, Any] | None = None, *,
-              callbacks: list[pl.Callback] | None = None, refit: bool = False) -> TrainResult:
-        """Compile, fit statistics, then train with Lightning when ``max_epochs > 0``."""
+              callbacks: list[pl.Callback] | None = None, refit: bool = False,
+              run_dir: str | os.PathLike | Literal[False] | None = None, runs_root: str | os.PathLike | None = None,
+              resume: str | os.PathLike | None = None, pipeline_spec: Mapping[str, Any] | None = None) -> TrainResult:
+        """Compile, fit statistics, then train with Lightning when ``max_epochs > 0``.
+
+        Every call trains into a run directory (see :mod:`cuvis_graph.runs`):
+        ``run_dir`` when given, else a new ``<runs_root or config.run.root>/<graph name>/<stamp>/``;
+        ``run_dir=False`` trains without one (no files, no checkpoints, no resume).
+        ``resume="auto"`` continues the newest run of this graph from its ``last.ckpt``
+        (``resume=<run dir | .ckpt>`` a given one) without repeating statistical init.
+        ``callbacks``: extra Lightning callbacks; one that raises is reported and skipped.
+        ``pipeline_spec``: the resolved YAML pipeline, written to ``config.yaml``.
+        """
         config = parse_config(TrainingConfig, config)
         quiet_lightning()
+        if run_dir is False:
+            return self._train(datamodule, config, callbacks, refit, None)
+        run = open_run(self.name, root=runs_root or config.run.root, run_dir=run_dir, resume=resume)
+        with RunSession(run) as session:
+            run.write_config(config.model_dump(mode="json"), pipeline_spec or pipeline_summary(self))
+            return self._train(datamodule, config, callbacks, refit, session)
+
+    def _train(self, datamodule: Any, config: TrainingConfig, callbacks: list[pl.Callback] | None, refit: bool,
+               session: RunSession | None) -> TrainResult:
+        run = session.run if session is not None else None
+        ckpt = run.resume_checkpoint if run is not None else None
         pl.seed_everything(config.seed, workers=True, verbose=False)
         if hasattr(datamodule, "prepare_data"):
             datamodule.prepare_data()
@@ -205,37 +252,57 @@ class Graph:
         max_epochs = config.trainer.max_epochs
         plan = self.compile(datamodule, for_training=max_epochs > 0)
         device = _init_device(config.trainer.accelerator)
+        monitors = list(self._monitors)
+        if run is not None:
+            monitors.insert(0, FileMonitor(run.path, name="run_files"))
+        hub = MonitorHub(monitors)
+        module = GraphModule(plan, config.optimizer, config.scheduler, hub, max_epochs=max_epochs)
+        if run is not None:
+            session.hub = hub
+            hub.attach_run(run.path)
+        if ckpt is not None:  # fitted statistics come from the checkpoint: fitting below skips fitted nodes
+            state = load_checkpoint(ckpt)
+            module.load_state_dict(state["state_dict"])
+            run.trim_metrics(int(state.get("global_step", 0)))
         for step in plan.steps:
             step.node.to(device)
         loader = getattr(datamodule, "statistics_dataloader", datamodule.train_dataloader)
-        fit = fit_statistics(plan, loader, device=device, refit=refit,
+        fit = fit_statistics(plan, loader, device=device, refit=refit and ckpt is None,
                              progress=config.trainer.enable_progress_bar)
         for step in plan.steps:
             step.node.prepare_for_train()
-        hub = MonitorHub(self._monitors)
-        module = GraphModule(plan, config.optimizer, config.scheduler, hub, max_epochs=max_epochs)
-        kwargs = config.trainer.trainer_kwargs()
-        trainer = pl.Trainer(**kwargs, logger=MonitorLogger(hub), callbacks=list(callbacks or []),
-                             enable_checkpointing=False, enable_model_summary=False,
-                             default_root_dir="runs/lightning")
         has_val = _has_batches(datamodule, "val_dataloader") and bool(module.metric_bindings or module.loss_bindings
                                                                       or module.vis_bindings)
-        initial: dict[str, float] = {}
+        cbs = build_callbacks(config, hub, run.checkpoint_dir if run is not None else None,
+                              has_val=has_val, has_loss=bool(module.loss_bindings))
+        cbs += [SafeCallback(c, hub) for c in callbacks or []]
+        checkpoint = next((c for c in cbs if isinstance(c, ModelCheckpoint)), None)
+        kwargs = config.trainer.trainer_kwargs()
+        root = str(run.path / "lightning") if run is not None else "runs/lightning"
+        trainer = pl.Trainer(**kwargs, logger=MonitorLogger(hub), callbacks=cbs, plugins=[AtomicCheckpointIO()],
+                             enable_checkpointing=checkpoint is not None, enable_model_summary=False,
+                             default_root_dir=root)
+        initial: dict[str, float] = dict(run.record.get("initial_metrics") or {}) if ckpt is not None else {}
         try:
-            if has_val:
+            if has_val and ckpt is None:
                 validate = pl.Trainer(**{**kwargs, "max_epochs": max(max_epochs, 1)}, logger=MonitorLogger(hub),
-                                      enable_checkpointing=False, enable_model_summary=False,
-                                      default_root_dir="runs/lightning")
+                                      enable_checkpointing=False, enable_model_summary=False, default_root_dir=root)
                 initial = _floats(validate.validate(module, datamodule=datamodule, verbose=False)[0])
+                if run is not None:
+                    run.record["initial_metrics"] = initial
+                    run.save()
             if max_epochs > 0:
-                trainer.fit(module, datamodule=datamodule)
+                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         finally:
             hub.close()
         metrics = _floats(trainer.callback_metrics) if max_epochs > 0 else dict(initial)
         for step in plan.steps:
             step.node.eval()
+        if session is not None:
+            session.finish(metrics, initial, best=_best(checkpoint, run.path), fit_passes=fit.passes,
+                           epochs=trainer.current_epoch, global_step=trainer.global_step)
         return TrainResult(metrics=metrics, fit=fit, initial_metrics=initial, trainer=trainer, module=module,
-                           failures=list(hub.failures))
+                           failures=list(hub.failures), run_dir=run.path if run is not None else None)
 
     # -- inference ------------------------------------------------------------------------
     def predict(self, data: Any, output: str | None = None) -> dict[str, torch.Tensor] | torch.Tensor:
@@ -257,7 +324,8 @@ class Graph:
                 raise ValueError(f"predict takes a cube [H,W,C] or a batch [B,H,W,C], got shape {tuple(cube.shape)}")
             batch = {"cube": cube.float()}
         cube = batch["cube"]
-        plan = self.compile(DataSpec(n_channels=int(cube.shape[-1]), batch_keys=frozenset(batch)))
+        plan = compile_graph(self, DataSpec(n_channels=int(cube.shape[-1]), batch_keys=frozenset(batch)),
+                             with_leaves=False)
         device = next((t.device for s in plan.steps for t in list(s.node.parameters()) + list(s.node.buffers())),
                       torch.device("cpu"))
         batch = move_batch(batch, device)
@@ -317,6 +385,20 @@ def _has_batches(datamodule: Any, method: str) -> bool:
         return len(loader) > 0
     except TypeError:
         return True
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A Lightning checkpoint, loaded with ``weights_only=True`` on the CPU."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _best(checkpoint: ModelCheckpoint | None, run_path: Any) -> dict[str, Any] | None:
+    if checkpoint is None or not checkpoint.best_model_path:
+        return None
+    score = checkpoint.best_model_score
+    path = os.path.relpath(checkpoint.best_model_path, run_path)
+    return {"monitor": checkpoint.monitor, "mode": checkpoint.mode, "checkpoint": path,
+            "score": float(score) if score is not None and math.isfinite(float(score)) else None}
 
 
 def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -1,7 +1,10 @@
 """The compiled LightningModule: every step runs the plan through the one executor.
 
 * loss: ``L = sum_i w_i * L_i`` over loss leaves; logged as ``<stage>/loss/<leaf>``
-  (weighted) and ``<stage>/loss`` (total);
+  (weighted) and ``<stage>/loss`` (total); a leaf with a ``last_components`` dict (e.g.
+  ``WeightedMultiLoss``) also gets ``<stage>/loss/<leaf>/<component>``;
+* epochs: ``node.on_epoch_start(epoch)`` on every node at each training epoch start
+  (e.g. temperature annealing);
 * metrics: torchmetrics states per stage, logged at epoch end as ``<stage>/<leaf>/<name>``;
 * visualizations: first validation batch of every ``log_frequency``-th epoch, rank 0,
   never during the sanity check, sent to the monitors; a failing one is disabled.
@@ -106,6 +109,8 @@ class GraphModule(pl.LightningModule):
             output, leaf_batch = self.executor.leaf_inputs(b, batch, outputs)
             value = b.leaf.weight * b.leaf.compute_loss(output, leaf_batch)
             self.log(f"{stage}/loss/{b.name}", value, on_step=False, on_epoch=True, batch_size=bs)
+            for part, part_value in (getattr(b.leaf, "last_components", None) or {}).items():
+                self.log(f"{stage}/loss/{b.name}/{part}", part_value, on_step=False, on_epoch=True, batch_size=bs)
             total = value if total is None else total + value
         self.log(f"{stage}/loss", total, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs)
         return total
@@ -141,6 +146,12 @@ class GraphModule(pl.LightningModule):
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int = 0) -> dict[str, torch.Tensor]:
         outputs = self.executor.run(batch)
         return {name: next(iter(outputs[name].values())) for name in self.plan.sinks()}
+
+    def on_train_epoch_start(self) -> None:
+        for step in self.plan.steps:
+            hook = getattr(step.node, "on_epoch_start", None)
+            if hook is not None:
+                hook(self.current_epoch)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")

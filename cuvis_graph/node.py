@@ -195,6 +195,9 @@ class Node(RecordsInit, nn.Module):
     def prepare_for_train(self) -> None:
         """Hook called after fitting and before gradient training (e.g. buffers -> parameters)."""
 
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook called by the compiled module at the start of every training epoch (0-based)."""
+
     # -- state dict: buffers sized at fit time are resized on load ------------------------
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):  # noqa: D401 - torch hook

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -25,7 +26,8 @@ class TrainResult:
         fit: what statistical initialization did (passes, levels).
         trainer: the Lightning trainer (``None`` when nothing ran through Lightning).
         module: the compiled LightningModule.
-        failures: side effects (monitors, visualizations) that failed and were disabled.
+        failures: side effects (monitors, visualizations, callbacks) that failed and were disabled.
+        run_dir: the run directory (``None`` with ``run_dir=False``).
     """
 
     metrics: dict[str, float]
@@ -34,3 +36,4 @@ class TrainResult:
     trainer: pl.Trainer | None = None
     module: GraphModule | None = None
     failures: list[dict[str, Any]] = field(default_factory=list)
+    run_dir: Path | None = None

@@ -43,11 +43,18 @@ def distributed_ready() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _as_rows(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Flatten ``[..., C]`` to ``[N, C]`` float64 rows (C = ``dim``)."""
+#: Rows per block in the scatter update: the float64 block stays in cache for the GEMM.
+BLOCK_ROWS = 16384
+
+
+def _as_rows(x: torch.Tensor, dim: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Flatten ``[..., C]`` to ``[N, C]`` rows in their own dtype (C = ``dim``), 0/1 ``weights`` applied."""
     if x.shape[-1] != dim:
         raise ValueError(f"expected last dimension {dim}, got shape {tuple(x.shape)}")
-    return x.detach().reshape(-1, dim).to(F64)
+    rows = x.detach().reshape(-1, dim)
+    if weights is not None:
+        rows = rows[weights.detach().reshape(-1).to(rows.device) > 0]
+    return rows
 
 
 class Accumulator(ABC):
@@ -90,21 +97,26 @@ class MomentAccumulator(Accumulator):
 
     # -- streaming -------------------------------------------------------------------
     def update(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> None:
-        rows = _as_rows(x, self.dim)
-        if weights is not None:
-            rows = rows[weights.detach().reshape(-1).to(rows.device) > 0]
+        rows = _as_rows(x, self.dim, weights)
         if rows.shape[0] == 0:
             return
         self._to(rows.device)
         if self.shift is None:
-            self.shift = rows.mean(dim=0)
-        centred = rows - self.shift
+            self.shift = rows[:BLOCK_ROWS].mean(dim=0, dtype=F64)
         self.n += rows.shape[0]
-        self.sum += centred.sum(dim=0)
-        if self.full_covariance:
-            self.second.addmm_(centred.T, centred)
-        else:
-            self.second += (centred * centred).sum(dim=0)
+        # Per block: copy into a float64 buffer (stays in cache), subtract the shift in place,
+        # then one GEMV for the sum and one GEMM for the scatter.
+        buffer = torch.empty(min(BLOCK_ROWS, rows.shape[0]), self.dim, dtype=F64, device=rows.device)
+        ones = torch.ones(buffer.shape[0], dtype=F64, device=rows.device)
+        for block in rows.split(BLOCK_ROWS):
+            centred = buffer[: block.shape[0]]
+            centred.copy_(block)
+            centred.sub_(self.shift)
+            self.sum.addmv_(centred.T, ones[: block.shape[0]])
+            if self.full_covariance:
+                self.second.addmm_(centred.T, centred)
+            else:
+                self.second.addmv_((centred * centred).T, ones[: block.shape[0]])
 
     def _to(self, device: torch.device) -> None:
         if self.sum.device != device:
@@ -206,16 +218,15 @@ class MinMaxAccumulator(Accumulator):
         self.max = torch.full((self.dim,), float("-inf"), dtype=F64)
 
     def update(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> None:
-        rows = _as_rows(x, self.dim)
-        if weights is not None:
-            rows = rows[weights.detach().reshape(-1).to(rows.device) > 0]
+        rows = _as_rows(x, self.dim, weights)
         if rows.shape[0] == 0:
             return
         if self.min.device != rows.device:
             self.min, self.max = self.min.to(rows.device), self.max.to(rows.device)
         self.n += rows.shape[0]
-        self.min = torch.minimum(self.min, rows.amin(dim=0))
-        self.max = torch.maximum(self.max, rows.amax(dim=0))
+        # exact in the input dtype; separate amin/amax are faster than aminmax over dim 0
+        self.min = torch.minimum(self.min, rows.amin(dim=0).to(F64))
+        self.max = torch.maximum(self.max, rows.amax(dim=0).to(F64))
 
     def merge(self, other: Accumulator) -> None:
         if not isinstance(other, MinMaxAccumulator) or other.dim != self.dim:

@@ -1,17 +1,28 @@
-"""Loss leaves."""
+"""Loss leaves: the total loss is ``sum_i weight_i * L_i`` over the graph's loss leaves."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from cuvis_graph.leaves import TARGET_KEY, LossNode
-from cuvis_graph.registry import register
+from cuvis_graph.node import snake_case
+from cuvis_graph.registry import get_class, register
 
-__all__ = ["AnomalyBCEWithLogits"]
+from ._parent import ParentBound
+
+__all__ = [
+    "AnomalyBCEWithLogits",
+    "OrthogonalityLoss",
+    "MSEReconstructionLoss",
+    "SelectorEntropyRegularizer",
+    "SelectorDiversityRegularizer",
+    "WeightedMultiLoss",
+]
 
 
 @register
@@ -45,3 +56,224 @@ class AnomalyBCEWithLogits(LossNode):
         pos_weight = None if self.pos_weight is None else torch.tensor(self.pos_weight, device=logits.device,
                                                                        dtype=logits.dtype)
         return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight, reduction=self.reduction)
+
+
+@register
+class OrthogonalityLoss(ParentBound, LossNode):
+    """Orthonormality of learned components: ``L = ||W W^T - I_K||_F^2``.
+
+    ``W`` (``[K, C]``) is the parent's ``components`` (e.g. ``TrainablePCA(trainable=True)``);
+    the parent output is not read. The total loss adds ``weight * L``. Zero exactly when
+    the rows of ``W`` are orthonormal.
+
+    Args:
+        weight: factor ``w`` in the total loss.
+    """
+
+    required_parent_attributes = ("components",)
+
+    def compute_loss(self, output: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        w = self.parent.components
+        gram = w @ w.T
+        eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        return ((gram - eye) ** 2).sum()
+
+
+@register
+class MSEReconstructionLoss(LossNode):
+    """Mean squared error to a target: ``L = mean_i (y_i - t_i)^2`` (or the sum).
+
+    ``y`` is the parent output; ``t`` is read through the leaf's label source: ``target``
+    names a batch key (default ``"cube"``) or a node of the graph (its first output port),
+    and the executor hands it over as ``batch["target"]``. Shapes must be equal.
+
+    Args:
+        target: batch key or node name of the reconstruction target.
+        weight: factor in the total loss.
+        reduction: ``"mean"`` or ``"sum"``.
+        detach_target: stop gradients through the target (default), so a trainable node
+            upstream of the target is not pulled towards the reconstruction.
+    """
+
+    def __init__(self, target: str = "cube", weight: float = 1.0, reduction: str = "mean",
+                 detach_target: bool = True, name: str | None = None) -> None:
+        super().__init__(weight=weight, name=name, label_source=target)
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        self.target, self.reduction, self.detach_target = target, reduction, detach_target
+        self.needs_labels = True  # the target travels as batch["target"]
+
+    def compute_loss(self, output: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        target = batch[TARGET_KEY]
+        if target.shape != output.shape:
+            raise ValueError(f"leaf '{self.name}': output {tuple(output.shape)} and target '{self.target}' "
+                             f"{tuple(target.shape)} differ")
+        target = target.detach() if self.detach_target else target
+        return F.mse_loss(output, target.to(output.dtype), reduction=self.reduction)
+
+
+def _selector_distribution(parent: Any) -> torch.Tensor:
+    weights = parent.channel_weights()
+    return weights / weights.sum()
+
+
+@register
+class SelectorEntropyRegularizer(ParentBound, LossNode):
+    """Entropy of a channel selector's weights: ``-H(p)``, or ``(H(p) - H_target)^2``.
+
+    ``p = w / sum(w)`` with ``w = parent.channel_weights()`` (for ``SoftChannelSelector``:
+    ``p = softmax(l / T)``, noise-free) and ``H(p) = -sum_c p_c log p_c`` (nats;
+    ``0 log 0 = 0``). The total loss adds ``weight * L``: with ``target_entropy=None``,
+    ``-w H`` (a positive weight pushes towards uniform weights, a negative one towards a
+    peaked selection); otherwise ``w (H - H_target)^2`` (e.g. ``log(n_select)`` for an
+    even spread over ``n_select`` channels).
+
+    Args:
+        weight: ``w``.
+        target_entropy: ``H_target`` in nats, or ``None``.
+    """
+
+    required_parent_attributes = ("channel_weights",)
+
+    def __init__(self, weight: float = 0.01, target_entropy: float | None = None, name: str | None = None) -> None:
+        super().__init__(weight=weight, name=name)
+        self.target_entropy = None if target_entropy is None else float(target_entropy)
+
+    def entropy(self) -> torch.Tensor:
+        """``H(p)`` of the parent's current weights (differentiable)."""
+        return torch.special.entr(_selector_distribution(self.parent)).sum()
+
+    def compute_loss(self, output: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        h = self.entropy()
+        return -h if self.target_entropy is None else (h - self.target_entropy) ** 2
+
+
+@register
+class SelectorDiversityRegularizer(ParentBound, LossNode):
+    """Spread of a channel selector's weights: ``L = -Var(w)``.
+
+    ``w = parent.channel_weights()`` (``[C]``; for ``SoftChannelSelector`` they sum to
+    ``n_select``), ``Var(w) = mean_c (w_c - mean(w))^2`` (population variance, ddof = 0).
+    The total loss adds ``weight * L = -weight * Var(w)``: a positive weight rewards
+    weights that differ between channels (a decisive selection).
+
+    Args:
+        weight: factor in the total loss.
+    """
+
+    required_parent_attributes = ("channel_weights",)
+
+    def __init__(self, weight: float = 0.01, name: str | None = None) -> None:
+        super().__init__(weight=weight, name=name)
+
+    def compute_loss(self, output: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        return -self.parent.channel_weights().var(unbiased=False)
+
+
+def _build_child(spec: LossNode | Mapping[str, Any], where: str) -> LossNode:
+    if isinstance(spec, LossNode):
+        return spec
+    if isinstance(spec, Mapping) and "type" in spec:
+        cls = get_class(str(spec["type"]))
+        if not (isinstance(cls, type) and issubclass(cls, LossNode)):
+            raise TypeError(f"{where}: type '{spec['type']}' is not a LossNode")
+        return cls(**{k: v for k, v in spec.items() if k != "type"})
+    raise TypeError(f"{where}: expected a LossNode or a mapping with 'type', got {type(spec).__name__}")
+
+
+@register
+class WeightedMultiLoss(ParentBound, LossNode):
+    """Several losses on one parent as one leaf: ``L = sum_i w_i L_i``.
+
+    Every child ``L_i`` sees the same parent output and batch; ``w_i`` is ``weights[i]``
+    when given, else the child's own ``weight``. After each call, ``last_components``
+    holds ``{child_name: w_i L_i}`` (detached). Logging by the compiled module:
+
+    * ``<stage>/loss/<name>``: ``weight * L`` (this leaf's total, as for any loss leaf);
+    * ``<stage>/loss/<name>/<child_name>``: each ``w_i L_i`` (epoch means), so the
+      components sum to the leaf total divided by this leaf's ``weight``.
+
+    The compiler validates the parent against every child's parent requirements. Children
+    that read a target (labels, a reconstruction target) must agree on its source: it
+    becomes this leaf's ``label_source``.
+
+    Args:
+        losses: child losses: a list, or ``{child_name: loss}``; each a ``LossNode`` or a
+            YAML-style mapping ``{"type": "OrthogonalityLoss", "weight": 0.1, ...}``.
+        weights: ``w_i`` as a list (same order) or ``{child_name: w_i}``; ``None``: the
+            children's own weights.
+        weight: factor of the whole sum in the total loss.
+    """
+
+    def __init__(self, losses: Sequence[LossNode | Mapping[str, Any]] | Mapping[str, LossNode | Mapping[str, Any]],
+                 weights: Sequence[float] | Mapping[str, float] | None = None, weight: float = 1.0,
+                 name: str | None = None, label_source: str | None = None) -> None:
+        super().__init__(weight=weight, name=name, label_source=label_source)
+        if isinstance(losses, Mapping):
+            items = [(str(k), _build_child(v, f"losses['{k}']")) for k, v in losses.items()]
+        else:
+            items = []
+            for i, spec in enumerate(losses):
+                child = _build_child(spec, f"losses[{i}]")
+                items.append((child.name or f"{snake_case(type(child).__name__)}_{i}", child))
+        if not items:
+            raise ValueError("WeightedMultiLoss needs at least one child loss")
+        names = [n for n, _ in items]
+        if len(set(names)) != len(names):
+            raise ValueError(f"child loss names must be unique, got {names}")
+        for child_name, child in items:
+            child.name = child.name or child_name
+        self.losses = nn.ModuleDict(items)
+        if weights is None:
+            self.component_weights = {n: c.weight for n, c in items}
+        elif isinstance(weights, Mapping):
+            unknown = set(weights) - set(names)
+            if unknown:
+                raise ValueError(f"weights for unknown children {sorted(unknown)}; children: {names}")
+            self.component_weights = {n: float(weights.get(n, c.weight)) for n, c in items}
+        else:
+            if len(weights) != len(items):
+                raise ValueError(f"got {len(weights)} weights for {len(items)} child losses")
+            self.component_weights = {n: float(w) for n, w in zip(names, weights, strict=True)}
+        sources = {c.label_source for _, c in items if c.needs_labels}
+        self.needs_labels = any(c.needs_labels for _, c in items)
+        if len(sources) > 1:
+            raise ValueError(f"child losses read different targets {sorted(map(str, sources))}: "
+                             "attach them as separate loss leaves")
+        child_source = next(iter(sources), None)
+        if child_source is not None and label_source is not None and child_source != label_source:
+            raise ValueError(f"label_source={label_source!r} disagrees with the children's target {child_source!r}")
+        self.label_source = label_source if label_source is not None else child_source
+        self.last_components: dict[str, torch.Tensor] = {}
+
+    @property
+    def required_batch_keys(self) -> set[str]:
+        return set().union(*(c.required_batch_keys for c in self.losses.values()))
+
+    def validate_parent(self, parent: Any) -> list[str]:
+        problems = super().validate_parent(parent)
+        for child_name, child in self.losses.items():
+            problems += [f"child '{child_name}': {p}" for p in child.validate_parent(parent)]
+        return problems
+
+    def bind_parent(self, parent: Any) -> None:
+        super().bind_parent(parent)
+        for child in self.losses.values():
+            if isinstance(child, ParentBound):
+                child.bind_parent(parent)
+
+    def compute_loss(self, output: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        total = None
+        components: dict[str, torch.Tensor] = {}
+        for child_name, child in self.losses.items():
+            value = self.component_weights[child_name] * child.compute_loss(output, batch)
+            components[child_name] = value.detach()
+            total = value if total is None else total + value
+        self.last_components = components
+        return total
+
+    def hparams(self) -> dict[str, Any]:
+        params = super().hparams()
+        params["losses"] = {n: {"type": type(c).__name__, **c.hparams()} for n, c in self.losses.items()}
+        params["weights"] = dict(self.component_weights)
+        return params

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -11,9 +12,20 @@ from torchmetrics import Metric
 from cuvis_graph.leaves import TARGET_KEY, MetricNode
 from cuvis_graph.registry import register
 
+from ._parent import ParentBound
 from .ranking import average_precision, roc_auc
+from .sketch import LogBucketGrid, merge_moments, moments_of
 
-__all__ = ["AnomalyDetectionMetrics", "BinaryDetectionState"]
+__all__ = [
+    "AnomalyDetectionMetrics",
+    "BinaryDetectionState",
+    "ScoreStatisticsMetric",
+    "ScoreStatisticsState",
+    "ExplainedVarianceMetric",
+    "ExplainedVarianceState",
+    "ComponentOrthogonalityMetric",
+    "OrthogonalityState",
+]
 
 
 class BinaryDetectionState(Metric):
@@ -102,3 +114,191 @@ class AnomalyDetectionMetrics(MetricNode):
     def update_metrics(self, metrics: Metric, output: torch.Tensor, batch: Mapping[str, Any]) -> None:
         scores = output.squeeze(-1) if output.ndim == 4 else output
         metrics.update(scores, batch[TARGET_KEY])
+
+
+class ScoreStatisticsState(Metric):
+    """Streaming mean, std, min, max and quantiles of all values it is fed.
+
+    * moments: exact ``(n, mean, M2)`` in float64 merged by Chan's rule
+      (:func:`~cuvis_graph.nodes.sketch.merge_moments`, also across ranks);
+      ``std = sqrt(M2 / n)`` (population, numpy's default ``ddof=0``);
+    * min / max: exact;
+    * quantiles: a relative-error log-bucket sketch (:class:`LogBucketGrid`), integer
+      counts summed across batches and ranks; no values are kept, so any number of pixels
+      works. Bound against ``numpy.quantile`` (linear rule) on the concatenated values::
+
+          |q_hat - q_numpy| <= relative_accuracy * max(|x_(lo)|, |x_(hi)|) + min_abs
+
+      where ``x_(lo) <= q_numpy <= x_(hi)`` are the two order statistics numpy interpolates.
+
+    Non-finite values are skipped.
+    """
+
+    full_state_update = False
+    CHUNK = 1 << 22
+
+    def __init__(self, quantiles: Sequence[float], relative_accuracy: float, min_abs: float) -> None:
+        super().__init__()
+        self.qs = [float(q) for q in quantiles]
+        self.grid = LogBucketGrid(relative_accuracy, min_abs)
+        self.add_state("moments", default=torch.zeros(3, dtype=torch.float64), dist_reduce_fx=merge_moments)
+        self.add_state("lowest", default=torch.tensor(float("inf"), dtype=torch.float64), dist_reduce_fx="min")
+        self.add_state("highest", default=torch.tensor(float("-inf"), dtype=torch.float64), dist_reduce_fx="max")
+        self.add_state("neg_counts", default=torch.zeros(self.grid.size, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("pos_counts", default=torch.zeros(self.grid.size, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("zero_count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, values: torch.Tensor) -> None:
+        flat = values.detach().reshape(-1)
+        for start in range(0, flat.numel(), self.CHUNK):
+            chunk = flat[start:start + self.CHUNK].to(torch.float64)
+            chunk = chunk[torch.isfinite(chunk)]
+            if chunk.numel() == 0:
+                continue
+            self.moments = merge_moments(torch.stack([self.moments, moments_of(chunk)]))
+            self.lowest = torch.minimum(self.lowest, chunk.min())
+            self.highest = torch.maximum(self.highest, chunk.max())
+            neg, zero, pos = self.grid.count(chunk)
+            self.neg_counts = self.neg_counts + neg
+            self.pos_counts = self.pos_counts + pos
+            self.zero_count = self.zero_count + zero
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        n, mean, m2 = (float(v) for v in self.moments)
+        nan = float("nan")
+        stats = {"count": n, "mean": mean if n else nan, "std": math.sqrt(max(m2, 0.0) / n) if n else nan,
+                 "min": float(self.lowest) if n else nan, "max": float(self.highest) if n else nan}
+        estimates = self.grid.quantiles(self.neg_counts, self.zero_count, self.pos_counts, self.qs,
+                                        float(self.lowest), float(self.highest))
+        stats.update({quantile_key(q): v for q, v in zip(self.qs, estimates, strict=True)})
+        return {k: torch.tensor(v, dtype=torch.float64) for k, v in stats.items()}
+
+
+def quantile_key(q: float) -> str:
+    """``0.25 -> "q25"``, ``0.999 -> "q99.9"``."""
+    return f"q{100 * q:g}"
+
+
+@register
+class ScoreStatisticsMetric(MetricNode):
+    """Dataset-level summary of the parent's output (any shape, all values pooled).
+
+    Logs ``count``, ``mean``, ``std`` (population), ``min``, ``max`` and one ``q<p>`` per
+    quantile (default ``q25``, ``q50``, ``q75``, ``q95``, ``q99``). Moments and extremes are
+    exact; quantiles come from a mergeable relative-error sketch (see
+    :class:`ScoreStatisticsState` for the error bound, by default 0.5% of the value), so
+    memory is fixed and any number of pixels works.
+
+    Args:
+        quantiles: probabilities in ``[0, 1]``.
+        relative_accuracy: relative error of the quantile sketch.
+        min_abs: magnitudes below it count as 0 in the quantile sketch.
+    """
+
+    def __init__(self, quantiles: Sequence[float] = (0.25, 0.5, 0.75, 0.95, 0.99), relative_accuracy: float = 0.005,
+                 min_abs: float = 1e-12, name: str | None = None) -> None:
+        super().__init__(name=name)
+        if any(not 0.0 <= q <= 1.0 for q in quantiles):
+            raise ValueError(f"quantiles must be in [0, 1], got {list(quantiles)}")
+        self.quantiles = [float(q) for q in quantiles]
+        self.relative_accuracy, self.min_abs = float(relative_accuracy), float(min_abs)
+        LogBucketGrid(self.relative_accuracy, self.min_abs)  # validate now, not at the first epoch
+
+    def create_metrics(self) -> Metric:
+        return ScoreStatisticsState(self.quantiles, self.relative_accuracy, self.min_abs)
+
+    def update_metrics(self, metrics: Metric, output: torch.Tensor, batch: Mapping[str, Any]) -> None:
+        metrics.update(output)
+
+
+class ExplainedVarianceState(Metric):
+    """Per-component variance of projections (Chan moments, ddof = 1) over total variance."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("moments", default=torch.zeros(3, 0, dtype=torch.float64), dist_reduce_fx=merge_moments)
+        self.add_state("total_variance", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="max")
+
+    def update(self, projections: torch.Tensor, total_variance: torch.Tensor) -> None:
+        rows = projections.detach().reshape(-1, projections.shape[-1]).to(torch.float64)
+        batch = moments_of(rows, dim=0)
+        current = self.moments if self.moments.shape[1] else torch.zeros_like(batch)
+        self.moments = merge_moments(torch.stack([current, batch]))
+        self.total_variance = torch.as_tensor(total_variance, dtype=torch.float64,
+                                              device=self.total_variance.device).detach().reshape(())
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        n, _, m2 = self.moments
+        ratios = m2 / (n - 1).clamp_min(1.0) / self.total_variance
+        out = {f"component_{k}": r for k, r in enumerate(ratios)}
+        out["total"] = ratios.sum()
+        return out
+
+
+@register
+class ExplainedVarianceMetric(ParentBound, MetricNode):
+    """Fraction of the total variance captured by each component of a PCA-like parent.
+
+    Over the evaluated data, ``ratio_k = Var(y_k) / tr(Sigma)`` with ``y_k`` the parent's
+    k-th output (un-whitened by the parent's ``output_scale`` when present), ``Var`` the
+    float64 streaming sample variance (ddof = 1) and ``tr(Sigma)`` the parent's
+    ``total_variance`` (all C input channels, fitted). Logs ``component_<k>`` and ``total``.
+    On the data the PCA was fitted on, with untrained components, ``ratio_k`` equals the
+    parent's ``explained_variance_ratio`` (= scikit-learn's); with trained components it
+    shows how much variance the learned projection keeps.
+    """
+
+    required_parent_attributes = ("components", "total_variance")
+
+    def create_metrics(self) -> Metric:
+        return ExplainedVarianceState()
+
+    def update_metrics(self, metrics: Metric, output: torch.Tensor, batch: Mapping[str, Any]) -> None:
+        parent = self.parent
+        y = output.detach().to(torch.float64)
+        scale = getattr(parent, "output_scale", None)
+        if getattr(parent, "whiten", False) and scale is not None and scale.numel() == y.shape[-1]:
+            y = y / scale.to(y.device)
+        metrics.update(y, parent.total_variance)
+
+
+class OrthogonalityState(Metric):
+    """``||W W^T - I||_F`` (mean over updates) and ``max |W W^T - I|`` of a ``[K, C]`` matrix."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("deviation_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("updates", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("max_abs", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="max")
+
+    def update(self, components: torch.Tensor) -> None:
+        w = components.detach().to(torch.float64)
+        gram = w @ w.T - torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
+        self.deviation_sum = self.deviation_sum + torch.linalg.matrix_norm(gram).to(self.deviation_sum.device)
+        self.updates = self.updates + 1
+        self.max_abs = torch.maximum(self.max_abs, gram.abs().max().to(self.max_abs.device))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        return {"frobenius": self.deviation_sum / self.updates.clamp_min(1.0), "max_abs": self.max_abs}
+
+
+@register
+class ComponentOrthogonalityMetric(ParentBound, MetricNode):
+    """How far the parent's ``components`` ``W`` (``[K, C]``) are from orthonormal rows.
+
+    Logs ``frobenius = ||W W^T - I_K||_F`` (the square root of ``OrthogonalityLoss``) and
+    ``max_abs = max_ij |(W W^T - I)_ij|``; 0 for a freshly fitted PCA, growing if training
+    bends the components. The parent output is not read.
+    """
+
+    required_parent_attributes = ("components",)
+
+    def create_metrics(self) -> Metric:
+        return OrthogonalityState()
+
+    def update_metrics(self, metrics: Metric, output: torch.Tensor, batch: Mapping[str, Any]) -> None:
+        metrics.update(self.parent.components)

@@ -79,7 +79,8 @@ class MinMaxNormalizer(_AffineMixin, Node):
             lo = flat.amin(dim=1)[:, None, None, :]
             hi = flat.amax(dim=1)[:, None, None, :]
         self._build_affine(x.shape[-1])
-        return self._apply_affine((x - lo) / (hi - lo + self.eps))
+        inv_range = 1.0 / (hi - lo + self.eps)
+        return self._apply_affine(torch.addcmul(-lo * inv_range, x, inv_range))  # one pass over x
 
 
 @register

@@ -47,13 +47,22 @@ class RXGlobal(Node):
 
     ``[B,H,W,C]`` -> scores ``[B,H,W,1]``. ``mu`` and ``Sigma = scatter / (N - 1)`` come
     from float64 streaming moments over the training pixels; ``Sigma + eps * tr(Sigma)/C * I``
-    is factorised by Cholesky, ``L L^T``, and the score is computed as ``||W (x - mu)||^2``
-    with ``W = L^{-1}``, in float64.
+    is factorised by Cholesky, ``L L^T``, and the score is ``||W (x - mu)||^2`` with the
+    lower-triangular ``W = L^{-1}``, computed in float64.
+
+    Trainable (``trainable_stats=True``): the fitted ``W`` and ``mu`` stay as buffers and
+    two parameters, initialised at zero, refine them in whitened units::
+
+        z = (I + tril(D)) (W (x - mu) - d),        score = ||z||^2
+
+    i.e. ``Sigma^{-1} = W^T (I + tril(D))^T (I + tril(D)) W``: a product of lower-triangular
+    factors, so the inverse covariance stays positive semi-definite (scores >= 0) and
+    ``mu`` moves consistently with it (``mu' = mu + L d``). Optimizer steps act on
+    well-conditioned, dimensionless entries whatever the data scale.
 
     Args:
         eps: relative regulariser (fraction of the mean eigenvalue added to the diagonal).
-        trainable_stats: make ``mu`` and ``W`` trainable. ``W`` stays lower triangular, so
-            ``Sigma^{-1} = W^T W`` is positive semi-definite and scores stay >= 0.
+        trainable_stats: learn ``D`` and ``d`` by gradient descent.
         use_background_mask: exclude pixels with ``mask > 0`` from the statistics (when
             the batch has a mask).
     """
@@ -74,6 +83,9 @@ class RXGlobal(Node):
         self.eps, self.trainable_stats, self.use_background_mask = eps, trainable_stats, use_background_mask
         self.register_buffer("mean", torch.zeros(0, dtype=torch.float64))
         self.register_buffer("whitening", torch.zeros(0, 0, dtype=torch.float64))
+        if trainable_stats:
+            self.factor_update = nn.Parameter(torch.zeros(0, 0, dtype=torch.float64))
+            self.mean_update = nn.Parameter(torch.zeros(0, dtype=torch.float64))
 
     def create_accumulators(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, Accumulator]:
         return {"moments": MomentAccumulator(x.shape[-1], full_covariance=True)}
@@ -85,37 +97,37 @@ class RXGlobal(Node):
 
     def finalize_statistics(self, accumulators: dict[str, Accumulator]) -> None:
         acc = accumulators["moments"]
-        mean = acc.mean
-        whitening = whitening_from_covariance(acc.covariance(ddof=1), self.eps, where=f"node '{self.name}'")
-        self._set_stats(mean, whitening)
-
-    def _set_stats(self, mean: torch.Tensor, whitening: torch.Tensor) -> None:
-        for attr, value in (("mean", mean), ("whitening", whitening)):
-            if attr in self._parameters:
-                del self._parameters[attr]
-            elif attr in self._buffers:
-                del self._buffers[attr]
-            if self.trainable_stats:
-                self.register_parameter(attr, nn.Parameter(value.detach().clone(), requires_grad=not self._frozen))
-            else:
-                self.register_buffer(attr, value.detach().clone())
+        device = self.mean.device
+        self.mean = acc.mean.to(device)
+        self.whitening = whitening_from_covariance(acc.covariance(ddof=1), self.eps,
+                                                   where=f"node '{self.name}'").to(device)
+        if self.trainable_stats:
+            c = self.mean.shape[0]
+            requires_grad = not self._frozen
+            self.factor_update = nn.Parameter(torch.zeros(c, c, dtype=torch.float64, device=device),
+                                              requires_grad=requires_grad)
+            self.mean_update = nn.Parameter(torch.zeros(c, dtype=torch.float64, device=device),
+                                            requires_grad=requires_grad)
 
     def is_trainable(self) -> bool:
         return self.trainable_stats and not self._frozen
 
+    def _factor(self) -> torch.Tensor:
+        """The effective lower-triangular factor ``(I + tril(D)) W``."""
+        if not self.trainable_stats:
+            return self.whitening
+        eye = torch.eye(self.whitening.shape[0], dtype=self.whitening.dtype, device=self.whitening.device)
+        return (eye + torch.tril(self.factor_update)) @ self.whitening
+
     @property
     def covariance_inverse(self) -> torch.Tensor:
-        """``Sigma^{-1} = W^T W`` (``[C, C]`` float64)."""
-        w = torch.tril(self.whitening)
+        """Effective ``Sigma^{-1}`` (``[C, C]`` float64)."""
+        w = self._factor()
         return w.T @ w
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        w = torch.tril(self.whitening)
-        z = (x.to(torch.float64) - self.mean) @ w.T
+        z = (x.to(torch.float64) - self.mean) @ self.whitening.T
+        if self.trainable_stats:
+            eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
+            z = (z - self.mean_update) @ (eye + torch.tril(self.factor_update)).T
         return (z * z).sum(dim=-1, keepdim=True).to(x.dtype)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: D401 - torch hook
-        mean, whitening = state_dict.get(prefix + "mean"), state_dict.get(prefix + "whitening")
-        if mean is not None and whitening is not None:
-            self._set_stats(mean, whitening)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -33,6 +33,14 @@ class CubeDataset(Dataset):
                  wavelengths: np.ndarray | None = None) -> None:
         self.cubes = [torch.as_tensor(np.asarray(c), dtype=torch.float32) for c in cubes]
         self.masks = None if masks is None else [torch.as_tensor(np.asarray(m)).long() for m in masks]
+        #: ``[N, H, W, C]`` when all cubes share a shape (``cubes`` are then views of it).
+        self.stacked: torch.Tensor | None = None
+        if self.cubes and all(c.shape == self.cubes[0].shape for c in self.cubes):
+            self.stacked = torch.stack(self.cubes)
+            self.cubes = list(self.stacked.unbind(0))
+            if self.masks is not None and all(m.shape == self.masks[0].shape for m in self.masks):
+                self.stacked_masks = torch.stack(self.masks)
+                self.masks = list(self.stacked_masks.unbind(0))
         self.wavelengths = None if wavelengths is None else torch.as_tensor(np.asarray(wavelengths), dtype=torch.float32)
         for i, c in enumerate(self.cubes):
             if c.ndim != 3:
@@ -50,6 +58,38 @@ class CubeDataset(Dataset):
         if self.wavelengths is not None:
             item["wavelengths"] = self.wavelengths
         return item
+
+
+class InMemoryBatches:
+    """Batches as zero-copy slices of a stacked :class:`CubeDataset` (statistics passes)."""
+
+    def __init__(self, dataset: CubeDataset, start: int, stop: int, batch_size: int) -> None:
+        self.dataset, self.start, self.stop, self.batch_size = dataset, start, stop, batch_size
+
+    def __len__(self) -> int:
+        return -(-(self.stop - self.start) // self.batch_size)
+
+    def __iter__(self):
+        ds = self.dataset
+        for i in range(self.start, self.stop, self.batch_size):
+            j = min(i + self.batch_size, self.stop)
+            batch = {"cube": ds.stacked[i:j]}
+            if ds.masks is not None:
+                batch["mask"] = ds.stacked_masks[i:j] if hasattr(ds, "stacked_masks") else torch.stack(ds.masks[i:j])
+            if ds.wavelengths is not None:
+                batch["wavelengths"] = ds.wavelengths
+            yield batch
+
+
+def _contiguous_range(dataset: Dataset) -> tuple[CubeDataset, int, int] | None:
+    """``(base, start, stop)`` when ``dataset`` is a stacked CubeDataset or a contiguous Subset of one."""
+    if isinstance(dataset, CubeDataset) and dataset.stacked is not None:
+        return dataset, 0, len(dataset)
+    if isinstance(dataset, torch.utils.data.Subset) and isinstance(dataset.dataset, CubeDataset):
+        idx = list(dataset.indices)
+        if dataset.dataset.stacked is not None and idx and idx == list(range(idx[0], idx[0] + len(idx))):
+            return dataset.dataset, idx[0], idx[0] + len(idx)
+    return None
 
 
 def collate_cubes(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -96,8 +136,11 @@ class GraphDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
 
-    def statistics_dataloader(self) -> DataLoader:
-        """Training data in a fixed order, for statistical initialization."""
+    def statistics_dataloader(self) -> DataLoader | InMemoryBatches:
+        """Training data in a fixed order, for statistical initialization (zero-copy when in memory)."""
+        span = _contiguous_range(self.train_set) if self.train_set is not None else None
+        if span is not None:
+            return InMemoryBatches(*span, batch_size=self.batch_size)
         return self._loader(self.train_set, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:

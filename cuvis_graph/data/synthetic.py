@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from ..registry import register
 from .datamodule import CubeDataset, GraphDataModule
 
 __all__ = ["SyntheticHSIDataModule", "make_scene", "make_spectra"]
@@ -72,6 +73,7 @@ def make_scene(seed: int, index: int, height: int, width: int, wavelengths: np.n
     return cube.astype(np.float32), mask
 
 
+@register
 class SyntheticHSIDataModule(GraphDataModule):
     """Synthetic scenes with anomaly masks and wavelengths; offline and deterministic.
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..leaves import MonitoringNode
+from ..registry import register
 
 __all__ = ["FileMonitor", "DummyMonitor"]
 
@@ -19,6 +20,7 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
+@register
 class FileMonitor(MonitoringNode):
     """Writes ``<root>/metrics.jsonl`` (one object per call) and ``<root>/artifacts/*.png``.
 

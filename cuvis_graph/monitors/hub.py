@@ -38,9 +38,9 @@ class MonitorHub:
         self.failures.append({"name": who, "kind": kind, "error": message,
                               "traceback": "".join(traceback.format_exception(exc))})
 
-    def _call(self, method: str, *args: Any) -> None:
+    def _call(self, method: str, *args: Any, optional: bool = False) -> None:
         for i, monitor in enumerate(self.monitors):
-            if i in self.disabled:
+            if i in self.disabled or (optional and not hasattr(monitor, method)):
                 continue
             try:
                 getattr(monitor, method)(*args)
@@ -53,6 +53,14 @@ class MonitorHub:
 
     def log_artifact(self, artifact: Any, name: str, step: int, stage: str) -> None:
         self._call("log_artifact", artifact, name, step, stage)
+
+    def log_histograms(self, tensors: Mapping[str, Any], step: int) -> None:
+        """Parameter histograms, for monitors that implement ``log_histograms``."""
+        self._call("log_histograms", dict(tensors), step, optional=True)
+
+    def attach_run(self, run_dir: Any) -> None:
+        """Tell monitors without an explicit folder where the run directory is."""
+        self._call("attach_run", run_dir, optional=True)
 
     def close(self) -> None:
         self._call("close")

@@ -1,0 +1,285 @@
+"""The ``cuvis-graph`` command line.
+
+::
+
+    cuvis-graph train    PIPELINE.yaml [OVERRIDES...] [-m] [--runs-dir DIR] [--save-predictions]
+    cuvis-graph validate PIPELINE.yaml [OVERRIDES...]
+    cuvis-graph show     PIPELINE.yaml [OVERRIDES...] [--format text|mermaid|png] [-o FILE]
+    cuvis-graph nodes    [--markdown] [-o FILE]
+
+Overrides are Hydra overrides: ``training.trainer.max_epochs=3``,
+``nodes.rx.params.eps=1e-9``, config groups next to the pipeline file (``data=abu_mat``,
+``training=fast``), ``+key=value`` to add a key. With ``-m/--multirun`` comma-separated
+values (``a=1,2``, ``range(...)``, ``choice(...)``) are swept: every combination is
+validated first, then each trains into its own run directory.
+
+Errors exit with status 1 and one message naming the place (YAML path, node, override);
+``--debug`` adds the traceback. Nothing is written before the pipeline validates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import CuvisGraphError
+
+__all__ = ["main", "build_parser"]
+
+PROG = "cuvis-graph"
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _format_metrics(metrics: dict[str, float], indent: str = "  ") -> str:
+    if not metrics:
+        return f"{indent}(none)"
+    width = max(len(k) for k in metrics)
+    return "\n".join(f"{indent}{k:<{width}}  {v:.6g}" for k, v in sorted(metrics.items()))
+
+
+def _load(args: argparse.Namespace, overrides: Sequence[str] | None = None, check: bool = True) -> Any:
+    from .spec import load_pipeline
+
+    return load_pipeline(args.pipeline, list(args.overrides if overrides is None else overrides),
+                         allow_modules=args.allow_module or [], check=check)
+
+
+def _save_predictions(pipeline: Any, run_dir: Path) -> Path:
+    """Sink outputs of the graph over the datamodule's prediction data -> ``predictions.npz``."""
+    import numpy as np
+    import torch
+
+    dm = pipeline.datamodule
+    loader = dm.predict_dataloader() if hasattr(dm, "predict_dataloader") else dm.val_dataloader()
+    arrays: dict[str, list[np.ndarray]] = {}
+    for batch in loader:
+        outputs = pipeline.graph.predict(batch)
+        for name, tensor in outputs.items():
+            arrays.setdefault(name, []).append(tensor.detach().cpu().numpy())
+        if isinstance(batch.get("mask"), torch.Tensor):
+            arrays.setdefault("mask", []).append(batch["mask"].numpy())
+    path = run_dir / "predictions.npz"
+    tmp = run_dir / ".predictions.tmp.npz"
+    np.savez_compressed(tmp, **{k: np.concatenate(v) for k, v in arrays.items()})
+    tmp.replace(path)
+    return path
+
+
+# -- commands ---------------------------------------------------------------------------------
+def cmd_validate(args: argparse.Namespace) -> int:
+    pipeline = _load(args)
+    graph = pipeline.graph
+    dm = pipeline.datamodule
+    spec = dm.data_spec() if hasattr(dm, "data_spec") else None
+    channels = f", {spec.n_channels} channels" if spec is not None and spec.n_channels else ""
+    epochs = pipeline.training.trainer.max_epochs
+    mode = "statistical initialization only" if epochs == 0 else f"{epochs} epoch(s) of training"
+    n, m = len(graph.nodes), len(graph.leaves)
+    _out(f"OK: {args.pipeline}: pipeline '{pipeline.name}' is valid: {n} node{'s' * (n != 1)}, "
+         f"{m} lea{'ves' if m != 1 else 'f'}, data {type(dm).__name__}{channels}, {mode}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from . import render
+    from .errors import CompileError
+    from .spec import SpecError
+
+    pipeline = _load(args, check=False)
+    dm = pipeline.datamodule
+    data = dm.data_spec() if hasattr(dm, "data_spec") else None
+    try:
+        plan = pipeline.graph.compile(dm)
+    except CompileError as exc:
+        raise SpecError(pipeline.source, exc.problems) from None
+    if args.format == "png":
+        output = Path(args.output or f"{Path(args.pipeline).stem}.png")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        render.to_png(pipeline.graph, plan, output, data)
+        _out(f"wrote {output}")
+        return 0
+    text = render.to_mermaid(pipeline.graph, plan, data) if args.format == "mermaid" else render.to_text(
+        pipeline.graph, plan, data)
+    if args.output:
+        Path(args.output).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+        _out(f"wrote {args.output}")
+    else:
+        _out(text.rstrip("\n"))
+    return 0
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    from .catalog import catalog_markdown, catalog_text
+
+    text = catalog_markdown() if args.markdown else catalog_text()
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        _out(f"wrote {args.output}")
+    else:
+        _out(text.rstrip("\n"))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .spec import expand_sweeps
+
+    jobs = expand_sweeps(args.overrides, args.pipeline) if args.multirun else [list(args.overrides)]
+    # validate every job before anything is written
+    pipelines = [_load(args, job) for job in jobs]
+    if args.multirun:
+        _out(f"multirun: {len(jobs)} job(s)")
+    results = []
+    for i, (job, pipeline) in enumerate(zip(jobs, pipelines, strict=True)):
+        pipelines[i] = None  # free the previous job's data as we go
+        if args.multirun:
+            _out(f"\n[{i + 1}/{len(jobs)}] {' '.join(job) or '(no overrides)'}")
+        results.append(_train_one(args, pipeline, job))
+    if args.multirun:
+        _out("\nmultirun summary:")
+        for job, (run_dir, metrics) in zip(jobs, results, strict=True):
+            key = next((k for k in ("val/loss", "train/loss") if k in metrics), None)
+            extra = f"  {key}={metrics[key]:.6g}" if key else ""
+            _out(f"  {run_dir}  {' '.join(job)}{extra}")
+    return 0
+
+
+def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) -> tuple[Path, dict[str, float]]:
+    from .runs import atomic_write_text
+
+    spec = dict(pipeline.config)
+    if overrides:
+        spec["overrides"] = list(overrides)
+    kwargs: dict[str, Any] = {"pipeline_spec": spec}
+    if args.runs_dir:
+        kwargs["runs_root"] = args.runs_dir
+    result = pipeline.graph.train(pipeline.datamodule, pipeline.training, **kwargs)
+    run_dir = Path(result.run_dir) if result.run_dir is not None else Path(".")
+    atomic_write_text(run_dir / "pipeline.yaml", pipeline.resolved_yaml())
+    if args.save_predictions:
+        path = _save_predictions(pipeline, run_dir)
+        _out(f"predictions: {path}")
+    _out(f"run directory: {run_dir}")
+    _out("final metrics:")
+    _out(_format_metrics(result.metrics))
+    for failure in result.failures:
+        _out(f"note: {failure.get('kind', 'side effect')} '{failure.get('name')}' failed and was disabled: "
+             f"{failure.get('error')}")
+    return run_dir, result.metrics
+
+
+# -- parser -----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Declarative graph pipelines for hyperspectral ML: validate, show and train "
+                               "YAML pipelines.",
+        epilog="Run '%(prog)s COMMAND --help' for each command's options.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback on errors")
+    piped = argparse.ArgumentParser(add_help=False, parents=[common])
+    piped.add_argument("pipeline", help="pipeline YAML file (config groups are looked up next to it)")
+    piped.add_argument("overrides", nargs="*", metavar="OVERRIDE",
+                       help="Hydra overrides: key=value, group=option, +key=value (add), ~key (delete)")
+    piped.add_argument("--allow-module", action="append", metavar="MODULE",
+                       help="allow '_target_' classes from MODULE (and its submodules); repeatable")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = sub.add_parser("train", parents=[piped], help="validate, then train a pipeline into a run directory",
+                           description="Validate the pipeline, then fit statistics and train it with Lightning. "
+                                       "Each run goes to <runs root>/<pipeline name>/<YYYYMMDD_HHMMSS_mmm>/ with "
+                                       "config.yaml (the resolved config), run.json, metrics.jsonl, artifacts/ "
+                                       "and checkpoints/. The end prints the run directory and final metrics.",
+                           epilog="examples:\n  cuvis-graph train pipelines/rx_statistical.yaml\n"
+                                  "  cuvis-graph train pipelines/selector_rx_bce.yaml training=fast "
+                                  "nodes.selector.params.n_select=10\n"
+                                  "  cuvis-graph train pipelines/rx_real_mat.yaml data.params.path=scene.mat\n"
+                                  "  cuvis-graph train -m pipelines/selector_rx_bce.yaml "
+                                  "training.optimizer.lr=0.01,0.001",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    train.add_argument("-m", "--multirun", action="store_true",
+                       help="sweep comma-separated override values; one run directory per combination")
+    train.add_argument("--runs-dir", metavar="DIR", help="root of the run directories (default: training.run.root, "
+                                                         "'runs')")
+    train.add_argument("--save-predictions", action="store_true",
+                       help="also store the sink outputs over the prediction data as predictions.npz")
+    train.set_defaults(func=cmd_train)
+
+    validate = sub.add_parser("validate", parents=[piped], help="check a pipeline without training",
+                              description="Compose, validate and compile the pipeline against the datamodule's "
+                                          "declared spec (channels, batch keys); reads no data. Exit status 0 "
+                                          "when valid, 1 with every problem listed otherwise.")
+    validate.set_defaults(func=cmd_validate)
+
+    show = sub.add_parser("show", parents=[piped], help="draw the graph (text, mermaid or png)",
+                          description="The graph with node types and port shapes (C from the datamodule).")
+    show.add_argument("--format", choices=("text", "mermaid", "png"), default="text", help="output format")
+    show.add_argument("-o", "--output", metavar="FILE", help="write here (png default: <pipeline name>.png)")
+    show.set_defaults(func=cmd_show)
+
+    nodes = sub.add_parser("nodes", parents=[common], help="list the registered node, leaf, monitor and data types",
+                           description="The registry: each type's ports, parameters (type, default) and summary.")
+    nodes.add_argument("--markdown", action="store_true", help="Markdown instead of plain text")
+    nodes.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    nodes.set_defaults(func=cmd_nodes)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    args, extras = parser.parse_known_args(list(argv))
+    unknown = [e for e in extras if e.startswith("-") or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extras:
+        args.overrides = list(args.overrides) + extras
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 success, 1 error, 2 usage error, 130 interrupted)."""
+    parser = build_parser()
+    try:
+        args = _parse(parser, sys.argv[1:] if argv is None else argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    debug = bool(getattr(args, "debug", False))
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt as exc:
+        print(f"{PROG}: interrupted{': ' + str(exc) if str(exc) else ''}", file=sys.stderr)
+        return 130
+    except CuvisGraphError as exc:
+        _report(exc, debug, expected=True)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the command line reports, never dumps, unless --debug
+        _report(exc, debug, expected=False)
+        return 1
+
+
+def _report(exc: BaseException, debug: bool, expected: bool) -> None:
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+        for cause in getattr(exc, "causes", []):
+            traceback.print_exception(cause, file=sys.stderr)
+    message = str(exc) if expected else f"{type(exc).__name__}: {exc}"
+    hint = "" if debug or expected else f"\n(run '{PROG} --debug ...' for the traceback)"
+    print(f"error: {message}{hint}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

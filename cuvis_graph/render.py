@@ -1,0 +1,239 @@
+"""Pictures of a compiled graph: a text table, Mermaid flowchart text, a PNG (matplotlib).
+
+Every picture shows each node's type and the shapes of its output ports, with symbols
+(``B, H, W``) where a size is only known at run time and numbers where the datamodule's
+declared spec fixes them (``C = 40``, PCA ``K = 3``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .leaves import LossNode, MetricNode, VisualizationNode
+
+if TYPE_CHECKING:
+    from .graph import Graph
+    from .plan import DataSpec, Plan
+
+__all__ = ["Box", "Layout", "layout_graph", "to_text", "to_mermaid", "to_png"]
+
+_BATCH = "batch"
+
+
+@dataclass
+class Box:
+    """One drawn item: the batch source, a node or a leaf."""
+
+    id: str
+    title: str
+    subtitle: str
+    lines: list[str]
+    kind: str  # batch | node | statistical | trainable | loss | metric | visualization | leaf
+    level: int = 0
+    order: float = 0.0
+
+
+@dataclass
+class Layout:
+    boxes: dict[str, Box] = field(default_factory=dict)
+    edges: list[tuple[str, str, str]] = field(default_factory=list)  # (src, dst, label)
+
+
+def _fmt_dims(values: tuple | None, symbols: tuple) -> str:
+    values = values or tuple(None for _ in symbols)
+    out = []
+    for v, s in zip(values, symbols, strict=False):
+        out.append(str(v) if isinstance(v, int) else (s if isinstance(s, str) else "?"))
+    return "[" + ",".join(out) + "]"
+
+
+def _leaf_kind(leaf: Any) -> str:
+    for kind, base in (("loss", LossNode), ("metric", MetricNode), ("visualization", VisualizationNode)):
+        if isinstance(leaf, base):
+            return kind
+    return "leaf"
+
+
+def layout_graph(graph: Graph, plan: Plan, data: DataSpec | None = None) -> Layout:
+    """Boxes with levels (longest path from the batch) and an order within each level."""
+    layout = Layout()
+    keys = sorted(data.batch_keys) if data is not None else ["cube"]
+    c = data.n_channels if data is not None and data.n_channels is not None else "C"
+    batch_dims = {"cube": f"[B,H,W,{c}]", "mask": "[B,H,W]", "wavelengths": f"[{c}]"}
+    layout.boxes[_BATCH] = Box(_BATCH, "batch", "data", [f"{k} {batch_dims.get(k, '')}".rstrip() for k in keys], "batch")
+    used_keys: set[str] = set()
+    for step in plan.steps:
+        node = step.node
+        dims = plan.output_dims.get(step.name, {})
+        lines = [f"{p} {_fmt_dims(dims.get(p), spec.dims)}" for p, spec in node.output_specs.items()]
+        kind = "trainable" if node.is_trainable() else ("statistical" if node.statistical else "node")
+        level = 1
+        wired = {p: (s if isinstance(s, list) else [s]) for p, s in step.inputs.items()}
+        multi_in = len(wired) > 1 or any(len(v) > 1 for v in wired.values())
+        for port, sources in wired.items():
+            for src in sources:
+                if src.kind == "batch":
+                    used_keys.add(src.key)
+                    layout.edges.append((_BATCH, step.name, src.key if (multi_in or src.key != "cube") else ""))
+                else:
+                    level = max(level, layout.boxes[src.key].level + 1)
+                    many_out = len(plan.step(src.key).node.output_specs) > 1
+                    label = (f"{src.port}→{port}" if many_out else port) if (multi_in or many_out) else ""
+                    layout.edges.append((src.key, step.name, label))
+        layout.boxes[step.name] = Box(step.name, step.name, type(node).__name__, lines, kind, level)
+    for b in plan.leaves:
+        kind = _leaf_kind(b.leaf)
+        lines = [kind]
+        if b.target is not None:
+            lines.append(f"labels: {b.target}")
+        parent = layout.boxes[b.parent.key]
+        many_out = len(plan.step(b.parent.key).node.output_specs) > 1
+        layout.boxes[b.name] = Box(b.name, b.name, type(b.leaf).__name__, lines, kind, parent.level + 1)
+        layout.edges.append((b.parent.key, b.name, b.parent.port if many_out else ""))
+    _order(layout)
+    return layout
+
+
+def _order(layout: Layout) -> None:
+    """Barycentre ordering within levels (two downward sweeps)."""
+    levels: dict[int, list[Box]] = {}
+    for box in layout.boxes.values():
+        levels.setdefault(box.level, []).append(box)
+    for i, boxes in enumerate(levels[0] if 0 in levels else []):
+        boxes.order = i
+    for _ in range(2):
+        for level in sorted(levels):
+            if level == 0:
+                continue
+            row = levels[level]
+            for index, box in enumerate(row):
+                parents = [layout.boxes[s].order for s, d, _ in layout.edges if d == box.id]
+                box.order = sum(parents) / len(parents) + index * 1e-3 if parents else index
+            row.sort(key=lambda b: b.order)
+            for i, box in enumerate(row):
+                box.order = i - (len(row) - 1) / 2
+
+
+def to_text(graph: Graph, plan: Plan, data: DataSpec | None = None) -> str:
+    """A table: name, type, role, inputs (from), outputs with shapes."""
+    layout = layout_graph(graph, plan, data)
+    incoming: dict[str, list[str]] = {}
+    for src, dst, label in layout.edges:
+        incoming.setdefault(dst, []).append(f"{src}" + (f" ({label})" if label else ""))
+    header = ("name", "type", "role", "from", "outputs")
+    rows = [header]
+    for box in sorted(layout.boxes.values(), key=lambda b: (b.kind in ("loss", "metric", "visualization", "leaf"),
+                                                                    b.level, b.order)):
+        if box.id == _BATCH:
+            continue
+        is_leaf = box.kind in ("loss", "metric", "visualization", "leaf")
+        outputs = "-" if is_leaf else ", ".join(box.lines)
+        role = f"leaf:{box.kind}" if is_leaf else box.kind
+        rows.append((box.title, box.subtitle, role, ", ".join(incoming.get(box.id, [])), outputs))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    batch = layout.boxes[_BATCH]
+    return f"graph '{graph.name}'   batch: {', '.join(batch.lines)}\n" + "\n".join(lines)
+
+
+def _mermaid_id(name: str) -> str:
+    return "n_" + "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name)
+
+
+def _mermaid_text(text: str) -> str:
+    return text.replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
+
+
+_MERMAID_SHAPES = {"batch": ('[("', '")]'), "loss": ('{{"', '"}}'), "metric": ('(["', '"])'),
+                   "visualization": ('[/"', '"/]'), "leaf": ('(["', '"])')}
+_COLOURS = {
+    "batch": "#e8e8e8", "node": "#dbe9f6", "statistical": "#cfe3f7", "trainable": "#fde3c8",
+    "loss": "#f8d0d0", "metric": "#d4efd4", "visualization": "#e6dcf3", "leaf": "#eeeeee",
+}
+
+
+def to_mermaid(graph: Graph, plan: Plan, data: DataSpec | None = None) -> str:
+    """A Mermaid ``flowchart TD`` (paste into Markdown or mermaid.live)."""
+    layout = layout_graph(graph, plan, data)
+    out = ["flowchart TD"]
+    for box in sorted(layout.boxes.values(), key=lambda b: (b.level, b.order)):
+        label = "<br/>".join(_mermaid_text(x) for x in [box.title, box.subtitle, *box.lines] if x)
+        left, right = _MERMAID_SHAPES.get(box.kind, ('["', '"]'))
+        out.append(f"    {_mermaid_id(box.id)}{left}{label}{right}")
+        out.append(f"    class {_mermaid_id(box.id)} {box.kind}")
+    for src, dst, label in layout.edges:
+        arrow = f"-->|{_mermaid_text(label)}|" if label else "-->"
+        out.append(f"    {_mermaid_id(src)} {arrow} {_mermaid_id(dst)}")
+    for kind, colour in _COLOURS.items():
+        out.append(f"    classDef {kind} fill:{colour},stroke:#555")
+    return "\n".join(out) + "\n"
+
+
+def to_png(graph: Graph, plan: Plan, path: str | os.PathLike, data: DataSpec | None = None, dpi: int = 150) -> str:
+    """Draw the graph top-down (batch at the top, leaves below their parents) to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import FancyBboxPatch
+
+    layout = layout_graph(graph, plan, data)
+    col_w, box_w, line_h, gap = 3.0, 2.7, 0.19, 0.55
+    levels: dict[int, list[Box]] = {}
+    for box in layout.boxes.values():
+        levels.setdefault(box.level, []).append(box)
+    height_of = {b.id: 0.32 + line_h * (1 + len(b.lines)) for b in layout.boxes.values()}
+    row_h = {lvl: max(height_of[b.id] for b in boxes) for lvl, boxes in levels.items()}
+    widest = max(len(boxes) for boxes in levels.values())
+    width = widest * col_w + 0.4
+    total_h = sum(row_h.values()) + gap * (len(levels) - 1) + 1.3
+    fig, ax = plt.subplots(figsize=(width, total_h))
+    ax.set_xlim(0, width)
+    ax.set_ylim(0, total_h)
+    ax.axis("off")
+    centre: dict[str, tuple[float, float]] = {}
+    y = total_h - 0.55
+    for lvl in sorted(levels):
+        y_mid = y - row_h[lvl] / 2
+        for box in levels[lvl]:
+            centre[box.id] = (width / 2 + box.order * col_w, y_mid)
+        y -= row_h[lvl] + gap
+    for box in layout.boxes.values():
+        x, yc = centre[box.id]
+        h = height_of[box.id]
+        ax.add_patch(FancyBboxPatch((x - box_w / 2, yc - h / 2), box_w, h, boxstyle="round,pad=0,rounding_size=0.08",
+                                    facecolor=_COLOURS.get(box.kind, "#eeeeee"), edgecolor="#444444", linewidth=1.0))
+        top = yc + h / 2 - 0.16 - line_h / 2
+        ax.text(x, top, box.title, ha="center", va="center", fontsize=9.5, fontweight="bold")
+        ax.text(x, top - line_h * 0.95, box.subtitle, ha="center", va="center", fontsize=8, style="italic",
+                color="#333333")
+        for i, line in enumerate(box.lines):
+            ax.text(x, top - line_h * (i + 2) * 0.95, line, ha="center", va="center", fontsize=7.5,
+                    family="monospace", color="#222222")
+    for src, dst, label in layout.edges:
+        (x0, y0), (x1, y1) = centre[src], centre[dst]
+        start = (x0, y0 - height_of[src] / 2)
+        end = (x1, y1 + height_of[dst] / 2)
+        ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="-|>", color="#555555", lw=1.0,
+                                                              shrinkA=0, shrinkB=1, mutation_scale=11))
+        if label:
+            ax.text(start[0] + (end[0] - start[0]) * 0.35, start[1] + (end[1] - start[1]) * 0.35, label,
+                    fontsize=7, ha="center", va="center", color="#1f4e79",
+                    bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.9))
+    kinds = [k for k in _COLOURS if any(b.kind == k for b in layout.boxes.values())]
+    handles = [Line2D([0], [0], marker="s", linestyle="", markersize=10, markerfacecolor=_COLOURS[k],
+                      markeredgecolor="#444444", label=k) for k in kinds]
+    ax.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=8,
+              bbox_to_anchor=(0.5, -0.01))
+    ax.set_title(f"graph '{graph.name}'", fontsize=11, loc="left")
+    fig.tight_layout()
+    path = os.fspath(path)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

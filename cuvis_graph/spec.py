@@ -1,0 +1,887 @@
+"""Pipeline YAML <-> :class:`~cuvis_graph.graph.Graph`.
+
+A pipeline file::
+
+    defaults:                 # Hydra config groups under the file's folder (optional)
+      - data: synthetic
+      - training: default
+      - _self_
+    name: selector_rx
+    nodes:                    # name -> {type | _target_, params, parent | parents}
+      norm: {type: MinMaxNormalizer}
+      rx:   {type: RXGlobal, params: {eps: 1.0e-9}, parent: norm}
+    leaves:                   # name -> {type, params, parent}
+      metrics: {type: AnomalyDetectionMetrics, params: {from_logits: false}, parent: rx}
+    monitors:                 # name -> {type, params}
+      files: {type: FileMonitor, params: {root: runs/files}}
+    data: {type: SyntheticHSIDataModule, params: {n_train: 8}}   # default: synthetic scenes
+    training: {trainer: {max_epochs: 0}}                          # TrainingConfig fields
+    allow_modules: [my_package.nodes]                            # explicit allowlist (optional)
+
+``parent`` is a node name, ``"name.port"``, ``"batch.<key>"``, a list of those (the
+input ports in order, or all into a variadic port), or a mapping ``port -> parent(s)``.
+
+Loading goes: YAML syntax and duplicate keys (a strict pass over the file, with line
+numbers) -> Hydra composition (config groups, command-line overrides; an override of a
+key the file does not spell out is accepted when the schema knows it) -> the pydantic
+schema -> types through the registry (:mod:`cuvis_graph.registry`, never an import of a
+module the YAML names) -> constructor parameters against each class's signature and type
+hints -> objects -> :meth:`Graph.compile` against the datamodule's declared spec. Every
+problem found at one stage is reported together in one :class:`SpecError`, each naming
+its YAML path (``nodes.rx.params.eps: Input should be a valid number``) with a "did you
+mean" hint for names.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import math
+import os
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from .config import TrainingConfig
+from .errors import CompileError, ConfigError, CuvisGraphError, Problem, did_you_mean
+from .registry import (
+    UnknownTypeError,
+    UnsafeTargetError,
+    check_module_name,
+    get_class,
+    kind_of,
+    registered,
+    registered_name,
+    resolve_target,
+)
+
+if typing.TYPE_CHECKING:
+    from .graph import Graph
+
+__all__ = [
+    "SpecError",
+    "PipelineSpec",
+    "NodeSpec",
+    "LeafSpec",
+    "ComponentSpec",
+    "Pipeline",
+    "load_pipeline",
+    "load_config",
+    "build_pipeline",
+    "graph_from_yaml",
+    "graph_to_yaml",
+    "expand_sweeps",
+    "read_yaml",
+    "class_parameters",
+]
+
+DEFAULT_DATA = "SyntheticHSIDataModule"
+_SECTION_KIND = {"nodes": "node", "leaves": "leaf", "monitors": "monitor", "data": "data"}
+_KIND_SECTION = {v: k for k, v in _SECTION_KIND.items()}
+
+
+class SpecError(ConfigError):
+    """Problems in a pipeline definition, each naming its YAML path; reported together."""
+
+    def __init__(self, source: str, problems: Sequence[Problem], causes: Sequence[BaseException] = ()) -> None:
+        self.source = source
+        self.problems = list(problems)
+        self.causes = list(causes)
+        if len(self.problems) == 1:
+            message = f"{source}: {self.problems[0]}"
+        else:
+            body = "\n".join(f"  {i}. {p}" for i, p in enumerate(self.problems, 1))
+            message = f"{source}: {len(self.problems)} problems found\n{body}"
+        super().__init__(message)
+
+
+# -- the schema ------------------------------------------------------------------------------
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _check_params(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"params must be a mapping of parameter names to values, got {type(value).__name__}")
+    return dict(value)
+
+
+class ComponentSpec(_Strict):
+    """A class by registered name (``type``) or dotted path (``_target_``) with its parameters."""
+
+    type: str | None = None
+    target: str | None = Field(None, alias="_target_")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params(cls, v: Any) -> dict[str, Any]:
+        return _check_params(v)
+
+    @property
+    def type_name(self) -> str | None:
+        return self.target or self.type
+
+
+class NodeSpec(ComponentSpec):
+    """A processing node: its class, parameters and parent(s)."""
+
+    parent: Any = None
+    parents: Any = None
+
+
+class LeafSpec(ComponentSpec):
+    """A loss, metric or visualization leaf on one parent (``"node"`` or ``"node.port"``)."""
+
+    parent: str
+
+
+class DataComponentSpec(ComponentSpec):
+    type: str | None = DEFAULT_DATA
+
+
+class PipelineSpec(_Strict):
+    """The whole pipeline file (after Hydra composition)."""
+
+    name: str = Field("pipeline", min_length=1)
+    nodes: dict[str, NodeSpec] = Field(min_length=1)
+    leaves: dict[str, LeafSpec] = Field(default_factory=dict)
+    monitors: dict[str, ComponentSpec] = Field(default_factory=dict)
+    data: DataComponentSpec = Field(default_factory=DataComponentSpec)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    allow_modules: list[str] = Field(default_factory=list)
+
+    @field_validator("leaves", "monitors", "data", "training", mode="before")
+    @classmethod
+    def _none_is_empty(cls, v: Any) -> Any:
+        return {} if v is None else v
+
+    @field_validator("allow_modules", mode="before")
+    @classmethod
+    def _none_is_no_modules(cls, v: Any) -> Any:
+        return [] if v is None else v
+
+
+# -- YAML text -------------------------------------------------------------------------------
+def _mark(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "?"
+
+
+def _duplicate_keys(node: yaml.Node, path: list[str]) -> list[Problem]:
+    problems: list[Problem] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key != "<<":
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    where = ".".join(path + [str(key)])
+                    what = {"nodes": "node name", "leaves": "leaf name", "monitors": "monitor name"}.get(
+                        ".".join(path), "key")
+                    problems.append(Problem(where, f"duplicate {what} '{key}' (line {line}; first defined at line "
+                                                   f"{seen[key]}): every name must be unique"))
+                else:
+                    seen[key] = line
+            problems += _duplicate_keys(value_node, path + [str(key)])
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            problems += _duplicate_keys(item, path + [f"[{i}]"] if not path else path[:-1] + [f"{path[-1]}[{i}]"])
+    return problems
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """Parse YAML strictly: syntax errors with line/column, duplicate keys refused, empty refused."""
+    try:
+        tree = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        detail = f"{problem}" + (f" ({context})" if context else "")
+        raise SpecError(source, [Problem(_mark(mark), f"YAML syntax error: {detail}")]) from None
+    if tree is None:
+        raise SpecError(source, [Problem("<file>", "the file is empty; a pipeline needs at least 'nodes:'")])
+    problems = _duplicate_keys(tree, [])
+    if problems:
+        raise SpecError(source, problems)
+    data = yaml.safe_load(text)
+    if not isinstance(data, Mapping):
+        raise SpecError(source, [Problem("<file>", f"a pipeline is a mapping (name:, nodes:, ...), got a "
+                                                   f"{type(data).__name__}")])
+    return data
+
+
+# -- overrides and Hydra composition -------------------------------------------------------------
+def _parse_overrides(overrides: Sequence[str], source: str) -> list[Any]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    parsed = []
+    for line in overrides:
+        try:
+            parsed += parser.parse_overrides([line])
+        except HydraException as exc:
+            raise SpecError(source, [Problem(f"override '{line}'", str(exc).strip().splitlines()[0])]) from None
+    return parsed
+
+
+def expand_sweeps(overrides: Sequence[str], source: str = "overrides") -> list[list[str]]:
+    """Hydra sweep syntax (``a=1,2 b=range(3)``) -> one override list per job (cartesian product)."""
+    axes: list[list[str]] = []
+    for o in _parse_overrides(overrides, source):
+        if o.is_sweep_override():
+            key = o.get_key_element()
+            axes.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        else:
+            axes.append([o.input_line])
+    return [list(combo) for combo in itertools.product(*axes)] if axes else [[]]
+
+
+def _unwrap(annotation: Any) -> Any:
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 else annotation
+    return annotation
+
+
+def _is_model(t: Any) -> bool:
+    return isinstance(t, type) and issubclass(t, BaseModel)
+
+
+def _model_keys(model: type[BaseModel]) -> list[str]:
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def _model_field(model: type[BaseModel], key: str) -> Any:
+    for n, f in model.model_fields.items():
+        if key in (n, f.alias):
+            return f
+    return None
+
+
+def _keys_at(loc: Sequence[Any], root: type[BaseModel] = PipelineSpec) -> list[str] | None:
+    """The keys the schema allows at ``loc`` (``None`` when free-form there)."""
+    t: Any = root
+    for part in loc:
+        t = _unwrap(t)
+        if _is_model(t):
+            f = _model_field(t, str(part))
+            if f is None:
+                return None
+            t = f.annotation
+        elif typing.get_origin(t) is dict:
+            t = typing.get_args(t)[1]
+        else:
+            return None
+    t = _unwrap(t)
+    return _model_keys(t) if _is_model(t) else None
+
+
+def _section_class(section: str, entry: Any, allow: Iterable[str]) -> type | None:
+    if not isinstance(entry, Mapping):
+        return get_class(DEFAULT_DATA) if section == "data" else None
+    name = entry.get("_target_") or entry.get("type") or (DEFAULT_DATA if section == "data" else None)
+    if not isinstance(name, str):
+        return None
+    try:
+        return resolve_target(name, allow) if "." in name else get_class(name)
+    except CuvisGraphError:
+        return None
+
+
+def _override_problem(config: Mapping[str, Any], key: str, allow: Iterable[str]) -> str | None:
+    """Why ``key`` cannot be set by an override (``None``: it can)."""
+    parts = key.split(".")
+    top = parts[0]
+    if top not in _model_keys(PipelineSpec):
+        return f"unknown key '{top}'{did_you_mean(top, _model_keys(PipelineSpec))}; a pipeline has {_model_keys(PipelineSpec)}"
+    if top == "training":
+        model: Any = TrainingConfig
+        for i, part in enumerate(parts[1:], 1):
+            model = _unwrap(model)
+            if not _is_model(model):
+                return None
+            f = _model_field(model, part)
+            if f is None:
+                keys = _model_keys(model)
+                return f"unknown key '{part}' in {'.'.join(parts[:i])}{did_you_mean(part, keys)}; known keys: {keys}"
+            model = f.annotation
+        return None
+    if top in ("nodes", "leaves", "monitors"):
+        if len(parts) < 2:
+            return None
+        entries = config.get(top) or {}
+        name = parts[1]
+        if name not in entries:
+            return (f"no entry '{name}' in {top}{did_you_mean(name, entries)}; to add one, write "
+                    f"'+{key}=...'")
+        rest, entry = parts[2:], entries[name]
+    elif top == "data":
+        rest, entry = parts[1:], config.get("data")
+    else:
+        return None
+    if not rest:
+        return None
+    spec_model = {"nodes": NodeSpec, "leaves": LeafSpec, "monitors": ComponentSpec, "data": DataComponentSpec}[top]
+    if rest[0] not in _model_keys(spec_model):
+        keys = _model_keys(spec_model)
+        where = ".".join(parts[: len(parts) - len(rest)])
+        return f"unknown key '{rest[0]}' in {where}{did_you_mean(rest[0], keys)}; known keys: {keys}"
+    if rest[0] == "params" and len(rest) > 1:
+        cls = _section_class(top, entry, allow)
+        if cls is not None:
+            params, var_kw = class_parameters(cls)
+            if rest[1] not in params and not var_kw:
+                return (f"{cls.__name__} has no parameter '{rest[1]}'{did_you_mean(rest[1], params)}; "
+                        f"its parameters: {list(params)}")
+    return None
+
+
+def _prepare_overrides(base: Mapping[str, Any], parsed: list[Any], groups: set[str], source: str,
+                       allow: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Split into (group overrides, value overrides); value overrides of keys the schema knows
+    are forced (``++``) so a pipeline need not spell out every default."""
+    group_lines, value_lines, problems = [], [], []
+    for o in parsed:
+        if o.is_sweep_override():
+            problems.append(Problem(f"override '{o.input_line}'", "sweeps several values; run it with -m/--multirun"))
+            continue
+        if o.is_add() or o.is_force_add() or o.is_delete():
+            value_lines.append(o.input_line)
+        elif o.key_or_group in groups and o.package is None:
+            group_lines.append(o.input_line)
+        else:
+            problem = _override_problem(base, o.key_or_group, allow)
+            if problem:
+                problems.append(Problem(f"override '{o.input_line}'", problem))
+            else:
+                value_lines.append("++" + o.input_line)
+    if problems:
+        raise SpecError(source, problems)
+    return group_lines, value_lines
+
+
+def _hydra_compose(path: Path, overrides: list[str], source: str) -> Any:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(path.parent.resolve()), version_base=None, job_name="cuvis_graph"):
+            return compose(config_name=path.stem, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        text = str(exc).strip()
+        where = "overrides" if overrides else "defaults"
+        raise SpecError(source, [Problem(where, text)]) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _check_group_files(path: Path, raw: Mapping[str, Any], group_lines: list[str]) -> None:
+    chosen: dict[str, str] = {}
+    for entry in raw.get("defaults") or []:
+        if isinstance(entry, Mapping):
+            for group, option in entry.items():
+                if isinstance(option, str):
+                    chosen[str(group).lstrip("/").split("@")[0].replace("override ", "")] = option
+    for line in group_lines:
+        group, _, option = line.partition("=")
+        chosen[group] = option
+    for group, option in chosen.items():
+        file = path.parent / group / f"{option}.yaml"
+        if file.is_file():
+            read_yaml(file.read_text(encoding="utf-8"), str(file))
+
+
+def _to_container(cfg: Any, source: str) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "interpolation"
+        raise SpecError(source, [Problem(str(key), str(exc).strip().splitlines()[0])]) from None
+    data.pop("hydra", None)
+    data.pop("defaults", None)
+    missing = list(_missing_values(data, []))
+    if missing:
+        raise SpecError(source, [Problem(m, f"no value given (it is '???'); set it on the command line: {m}=...")
+                                 for m in missing])
+    return data
+
+
+def _missing_values(value: Any, path: list[str]) -> Iterable[str]:
+    if value == "???":
+        yield ".".join(path)
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _missing_values(v, path + [str(k)])
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _missing_values(v, path + [str(i)])
+
+
+def load_config(source: str | os.PathLike | Mapping[str, Any], overrides: Sequence[str] = (),
+                allow_modules: Iterable[str] = ()) -> tuple[dict[str, Any], str]:
+    """The composed, resolved pipeline config and a label for messages.
+
+    ``source``: a ``.yaml`` path (composed by Hydra: ``defaults`` config groups next to it
+    and ``overrides``), YAML text, or a mapping (overrides applied with OmegaConf).
+    """
+    from omegaconf import OmegaConf
+
+    allow = list(allow_modules)
+    if isinstance(source, Mapping):
+        label, raw, path = "<pipeline>", dict(source), None
+    else:
+        text_given = isinstance(source, str) and ("\n" in source or (
+            not source.strip().endswith((".yaml", ".yml")) and not Path(source).is_file()))
+        if text_given:
+            label, raw, path = "<yaml text>", read_yaml(source, "<yaml text>"), None
+        else:
+            path = Path(source)
+            label = str(source)
+            if not path.is_file():
+                raise SpecError(label, [Problem("<file>", "no such file")])
+            raw = read_yaml(path.read_text(encoding="utf-8"), label)
+    allow += [m for m in raw.get("allow_modules") or [] if isinstance(m, str)]
+    parsed = _parse_overrides(list(overrides), label)
+    if path is not None and path.suffix == ".yaml":
+        groups = {d.name for d in path.parent.iterdir() if d.is_dir()}
+        group_lines = [o.input_line for o in parsed if o.key_or_group in groups and o.package is None
+                       and not (o.is_add() or o.is_force_add() or o.is_delete() or o.is_sweep_override())]
+        _check_group_files(path, raw, group_lines)
+        base = _to_container_unresolved(_hydra_compose(path, group_lines, label))
+        group_lines, value_lines = _prepare_overrides(base, parsed, groups, label, allow)
+        return _to_container(_hydra_compose(path, group_lines + value_lines, label), label), label
+    if raw.get("defaults"):
+        raise SpecError(label, [Problem("defaults", "config groups need a pipeline file ending in .yaml")])
+    group_lines, value_lines = _prepare_overrides(raw, parsed, set(), label, allow)
+    cfg = OmegaConf.create(raw)
+    for o in _parse_overrides(value_lines, label):
+        if o.is_delete():
+            OmegaConf.update(cfg, o.key_or_group, None, merge=False)
+        else:
+            OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True, force_add=True)
+    return _to_container(cfg, label), label
+
+
+def _to_container_unresolved(cfg: Any) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=False)
+
+
+# -- parameters ---------------------------------------------------------------------------------
+_ADAPTERS: dict[Any, TypeAdapter | None] = {}
+
+
+def _adapter(annotation: Any) -> TypeAdapter | None:
+    key = repr(annotation)
+    if key not in _ADAPTERS:
+        try:
+            _ADAPTERS[key] = TypeAdapter(annotation)
+        except Exception:  # noqa: BLE001 - types pydantic cannot check are passed through
+            _ADAPTERS[key] = None
+    return _ADAPTERS[key]
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    init = inspect.unwrap(cls.__init__)
+    try:
+        return typing.get_type_hints(init)
+    except Exception:  # noqa: BLE001 - fall back to resolving one annotation at a time
+        hints = {}
+        module = inspect.getmodule(init)
+        namespace = dict(vars(module)) if module else {}
+        for name, ann in getattr(init, "__annotations__", {}).items():
+            try:
+                hints[name] = eval(ann, namespace) if isinstance(ann, str) else ann  # noqa: S307 - class's own annotation
+            except Exception:  # noqa: BLE001
+                hints[name] = Any
+        return hints
+
+
+def class_parameters(cls: type) -> tuple[dict[str, inspect.Parameter], bool]:
+    """Constructor parameters settable from YAML (``name`` excluded) and whether ``**kwargs`` exists."""
+    signature = inspect.signature(cls)
+    params = {n: p for n, p in signature.parameters.items()
+              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in ("self", "name")}
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    return params, var_kw
+
+
+def parameter_types(cls: type) -> dict[str, Any]:
+    """Resolved type hints of the constructor parameters."""
+    return _hints(cls)
+
+
+def _validate_params(cls: type, values: Mapping[str, Any], where: str) -> tuple[dict[str, Any], list[Problem]]:
+    params, var_kw = class_parameters(cls)
+    hints = _hints(cls)
+    kwargs: dict[str, Any] = {}
+    problems: list[Problem] = []
+    for key, value in values.items():
+        place = f"{where}.params.{key}"
+        if key == "name":
+            problems.append(Problem(place, "a name comes from the entry's key; remove 'name' from params"))
+            continue
+        if key not in params and not var_kw:
+            problems.append(Problem(place, f"{cls.__name__} has no parameter '{key}'{did_you_mean(key, params)}; "
+                                           f"its parameters: {list(params) or 'none'}"))
+            continue
+        adapter = _adapter(hints.get(key, Any))
+        if adapter is None:
+            kwargs[key] = value
+            continue
+        try:
+            kwargs[key] = adapter.validate_python(value)
+        except ValidationError as exc:
+            for e in exc.errors():
+                sub = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"])
+                problems.append(Problem(place + sub, f"{e['msg']} (got {value!r})"))
+    for key, p in params.items():
+        if p.default is inspect.Parameter.empty and key not in values:
+            problems.append(Problem(f"{where}.params.{key}", f"missing required parameter of {cls.__name__}"))
+    return kwargs, problems
+
+
+# -- types --------------------------------------------------------------------------------------
+def _names_of_kind(kind: str) -> list[str]:
+    return [n for n, c in registered().items() if kind_of(c) == kind]
+
+
+def _resolve_class(spec: ComponentSpec, where: str, kind: str, allow: list[str]) -> tuple[type | None, list[Problem]]:
+    if spec.type is not None and spec.target is not None and not (kind == "data" and spec.type == DEFAULT_DATA):
+        return None, [Problem(where, "give either 'type' or '_target_', not both")]
+    name = spec.target or spec.type
+    key = f"{where}._target_" if spec.target else f"{where}.type"
+    if not name:
+        return None, [Problem(where, f"missing 'type' (a registered {kind} class; `cuvis-graph nodes` lists them)")]
+    try:
+        if "." in name:
+            cls = resolve_target(name, allow)
+        else:
+            cls = get_class(name)
+    except UnsafeTargetError as exc:
+        return None, [Problem(key, str(exc))]
+    except UnknownTypeError:
+        label = {"node": "node type", "leaf": "leaf type", "monitor": "monitor type", "data": "datamodule type"}[kind]
+        return None, [Problem(key, f"unknown {label} '{name}'{did_you_mean(name, _names_of_kind(kind) or registered())}; "
+                                   "`cuvis-graph nodes` lists the registered types; register your own with "
+                                   "@cuvis_graph.register")]
+    actual = kind_of(cls)
+    if actual != kind:
+        section = _KIND_SECTION.get(actual or "", None)
+        hint = f"; put it under '{section}:'" if section else ""
+        return None, [Problem(key, f"'{name}' is a {actual or 'plain class'}, not a {kind}{hint}")]
+    return cls, []
+
+
+def _make(cls: type, kwargs: dict[str, Any], where: str, causes: list[BaseException]) -> tuple[Any, list[Problem]]:
+    try:
+        return cls(**kwargs), []
+    except Exception as exc:  # noqa: BLE001 - a constructor's refusal is a configuration problem
+        causes.append(exc)
+        message = str(exc).strip() or type(exc).__name__
+        params, _ = class_parameters(cls)
+        head, sep, rest = message.partition(": ")
+        if sep and head in params:
+            return None, [Problem(f"{where}.params.{head}", rest)]
+        return None, [Problem(f"{where}.params", f"{cls.__name__} rejected its parameters: {message}")]
+
+
+# -- parents ------------------------------------------------------------------------------------
+def _check_ref(ref: Any, where: str, nodes: Iterable[str], leaves: Iterable[str], allow_batch: bool = True) -> list[Problem]:
+    if not isinstance(ref, str) or not ref:
+        return [Problem(where, f"a parent is a node name ('norm', 'norm.out') or a batch key ('batch.mask'), got {ref!r}")]
+    head, _, tail = ref.partition(".")
+    nodes = list(nodes)
+    if head == "batch" and allow_batch:
+        return [] if tail else [Problem(where, "'batch' needs a key: 'batch.cube', 'batch.mask', ...")]
+    if head in nodes:
+        return []
+    if head in leaves:
+        return [Problem(where, f"'{head}' is a leaf; leaves have no outputs to feed other nodes")]
+    return [Problem(where, f"unknown parent '{head}'{did_you_mean(head, nodes + (['batch'] if allow_batch else []))}; "
+                           f"nodes: {nodes}")]
+
+
+def _node_parents(spec: NodeSpec, where: str, nodes: list[str], leaves: list[str]) -> tuple[Any, list[Problem]]:
+    if spec.parent is not None and spec.parents is not None:
+        return None, [Problem(where, "give 'parent' or 'parents', not both")]
+    key = "parents" if spec.parents is not None else "parent"
+    value = spec.parents if spec.parents is not None else spec.parent
+    place = f"{where}.{key}"
+    if value is None:
+        return None, []
+    problems: list[Problem] = []
+    if isinstance(value, str):
+        problems += _check_ref(value, place, nodes, leaves)
+    elif isinstance(value, list):
+        for i, ref in enumerate(value):
+            problems += _check_ref(ref, f"{place}[{i}]", nodes, leaves)
+    elif isinstance(value, Mapping):
+        for port, refs in value.items():
+            items = refs if isinstance(refs, list) else [refs]
+            for i, ref in enumerate(items):
+                suffix = f"[{i}]" if isinstance(refs, list) else ""
+                problems += _check_ref(ref, f"{place}.{port}{suffix}", nodes, leaves)
+        value = {str(k): v for k, v in value.items()}
+    else:
+        problems.append(Problem(place, "must be a node name, a list of names, or a mapping port -> name(s)"))
+    return value, problems
+
+
+# -- building -----------------------------------------------------------------------------------
+@dataclass
+class Pipeline:
+    """A loaded pipeline: the graph, its datamodule, training configuration and resolved config."""
+
+    name: str
+    graph: Graph
+    training: TrainingConfig
+    datamodule: Any
+    config: dict[str, Any]
+    source: str
+    spec: PipelineSpec
+    allow_modules: list[str] = field(default_factory=list)
+
+    def resolved_yaml(self) -> str:
+        """The resolved configuration as YAML (what a run stores as ``config.yaml``)."""
+        return yaml.safe_dump(self.config, sort_keys=False, allow_unicode=True)
+
+
+def _pydantic_problems(exc: ValidationError) -> list[Problem]:
+    problems = []
+    for e in exc.errors():
+        loc = [str(p) for p in e["loc"]]
+        where = ".".join(loc) or "<file>"
+        if e["type"] == "extra_forbidden":
+            allowed = _keys_at(e["loc"][:-1]) or []
+            problems.append(Problem(where, f"unknown key '{loc[-1]}'{did_you_mean(loc[-1], allowed)}; "
+                                           f"allowed here: {allowed}"))
+        elif e["type"] == "missing" and loc == ["nodes"]:
+            problems.append(Problem("nodes", "a pipeline needs a 'nodes:' section"))
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            problems.append(Problem(where, msg))
+    return problems
+
+
+def parse_spec(config: Mapping[str, Any], source: str = "<pipeline>") -> PipelineSpec:
+    """Validate the structure of a (composed) pipeline config; :class:`SpecError` otherwise."""
+    try:
+        return PipelineSpec.model_validate(dict(config))
+    except ValidationError as exc:
+        raise SpecError(source, _pydantic_problems(exc)) from None
+
+
+def build_pipeline(config: Mapping[str, Any], source: str = "<pipeline>", allow_modules: Iterable[str] = (),
+                   build_data: bool = True, check: bool = True) -> Pipeline:
+    """Create the graph (and datamodule) from a composed config, reporting every problem.
+
+    Args:
+        config: the resolved pipeline mapping (see :func:`load_config`).
+        source: label for messages (the file name).
+        allow_modules: modules whose classes ``_target_`` may name (besides the registry).
+        build_data: create the datamodule (its constructor reads only the declared spec).
+        check: compile the graph against the datamodule's spec (for training when
+            ``training.trainer.max_epochs > 0``).
+    """
+    from .graph import Graph
+
+    spec = parse_spec(config, source)
+    allow = list(allow_modules)
+    problems: list[Problem] = []
+    for i, module in enumerate(spec.allow_modules):
+        try:
+            check_module_name(module.strip())
+            allow.append(module.strip())
+        except UnsafeTargetError as exc:
+            problems.append(Problem(f"allow_modules[{i}]", str(exc)))
+    node_names, leaf_names = list(spec.nodes), list(spec.leaves)
+    for name in leaf_names:
+        if name in spec.nodes:
+            problems.append(Problem(f"leaves.{name}", f"a node is also named '{name}'; every name must be unique"))
+
+    classes: dict[tuple[str, str], type] = {}
+    kwargs: dict[tuple[str, str], dict[str, Any]] = {}
+    wiring: dict[str, Any] = {}
+    sections: list[tuple[str, str, ComponentSpec]] = (
+        [("nodes", n, s) for n, s in spec.nodes.items()] + [("leaves", n, s) for n, s in spec.leaves.items()]
+        + [("monitors", n, s) for n, s in spec.monitors.items()]
+        + ([("data", "", spec.data)] if build_data else []))
+    for section, name, entry in sections:
+        where = f"{section}.{name}" if name else section
+        cls, found = _resolve_class(entry, where, _SECTION_KIND[section], allow)
+        problems += found
+        if cls is not None:
+            classes[section, name] = cls
+            kwargs[section, name], found = _validate_params(cls, entry.params, where)
+            problems += found
+        if section == "nodes":
+            wiring[name], found = _node_parents(entry, where, node_names, leaf_names)
+            problems += found
+        elif section == "leaves":
+            problems += _check_ref(entry.parent, f"{where}.parent", node_names, leaf_names, allow_batch=False)
+    if problems:
+        raise SpecError(source, problems)
+
+    causes: list[BaseException] = []
+    objects: dict[tuple[str, str], Any] = {}
+    for key, cls in classes.items():
+        section, name = key
+        kw = dict(kwargs[key])
+        if section == "monitors" and "name" in inspect.signature(cls).parameters:
+            kw["name"] = name
+        obj, found = _make(cls, kw, f"{section}.{name}" if name else section, causes)
+        problems += found
+        if obj is not None:
+            objects[key] = obj
+    if problems:
+        raise SpecError(source, problems, causes)
+
+    graph = Graph(spec.name)
+    for name in spec.nodes:
+        graph.add_node(objects["nodes", name], parent=wiring[name], name=name)
+    for name, entry in spec.leaves.items():
+        graph.add_leaf_node(objects["leaves", name], parent=entry.parent, name=name)
+    for name in spec.monitors:
+        monitor = objects["monitors", name]
+        if getattr(monitor, "name", None) in (None, "") or "name" not in inspect.signature(type(monitor)).parameters:
+            monitor.name = name
+        graph.register_monitor(monitor)
+    datamodule = objects.get(("data", ""))
+    if check:
+        try:
+            graph.compile(datamodule, for_training=spec.training.trainer.max_epochs > 0)
+        except CompileError as exc:
+            raise SpecError(source, exc.problems) from None
+    resolved = dict(config)
+    resolved["name"] = spec.name
+    resolved["data"] = {"type": spec.data.type_name, "params": dict(spec.data.params)}
+    resolved["training"] = spec.training.model_dump(mode="json")
+    return Pipeline(spec.name, graph, spec.training, datamodule, resolved, source, spec, allow)
+
+
+def load_pipeline(source: str | os.PathLike | Mapping[str, Any], overrides: Sequence[str] = (),
+                  allow_modules: Iterable[str] = (), build_data: bool = True, check: bool = True) -> Pipeline:
+    """Compose (Hydra), validate and build a pipeline; one :class:`SpecError` lists all problems."""
+    config, label = load_config(source, overrides, allow_modules)
+    if not config.get("name") and not isinstance(source, Mapping) and Path(str(source)).is_file():
+        config["name"] = Path(str(source)).stem
+    return build_pipeline(config, label, allow_modules, build_data=build_data, check=check)
+
+
+def graph_from_yaml(source: str | os.PathLike | Mapping[str, Any], overrides: Sequence[str] = (),
+                    allow_modules: Iterable[str] = ()) -> Graph:
+    """The graph of a pipeline (nodes, leaves, monitors); no datamodule, not compiled."""
+    return load_pipeline(source, overrides, allow_modules, build_data=False, check=False).graph
+
+
+# -- writing ------------------------------------------------------------------------------------
+def _plain(value: Any, where: str) -> Any:
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else float(value)
+    if isinstance(value, Enum):
+        return _plain(value.value, where)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return _plain(value.item(), where)
+    if hasattr(value, "tolist") and getattr(value, "ndim", 2) <= 1:
+        return _plain(value.tolist(), where)
+    raise SpecError("to_yaml", [Problem(where, f"a {type(value).__name__} cannot be written to YAML; "
+                                               "use plain numbers, strings, lists and mappings as parameters")])
+
+
+def _type_name(obj: Any, where: str) -> str:
+    name = registered_name(type(obj))
+    if name is None:
+        raise SpecError("to_yaml", [Problem(where, f"{type(obj).__name__} is not registered; decorate it with "
+                                                   "@cuvis_graph.register so a pipeline can name it")])
+    return name
+
+
+def _component(obj: Any, where: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {"type": _type_name(obj, where)}
+    params = _plain(obj.hparams() if hasattr(obj, "hparams") else {}, f"{where}.params")
+    if params:
+        entry["params"] = params
+    return entry
+
+
+def _wiring_yaml(node: Any, wiring: Mapping[str, list[Any]]) -> dict[str, Any]:
+    ports = list(node.input_specs)
+    labels = {port: [r.label() for r in refs] for port, refs in wiring.items()}
+    if not labels:
+        return {}
+    if len(labels) == 1 and ports and next(iter(labels)) == ports[0]:
+        refs = labels[ports[0]]
+        if node.input_specs[ports[0]].variadic:
+            return {"parent": refs}
+        if len(refs) == 1:
+            return {"parent": refs[0]}
+    return {"parents": {port: (refs[0] if len(refs) == 1 and not (port in node.input_specs
+                                                                   and node.input_specs[port].variadic) else refs)
+                        for port, refs in labels.items()}}
+
+
+def graph_to_yaml(graph: Graph, path: str | os.PathLike | None = None, *, training: Any = None,
+                  data: Mapping[str, Any] | None = None) -> str:
+    """The pipeline YAML of ``graph`` (nodes, leaves, monitors; ``training``/``data`` when given).
+
+    Parameters are the constructor arguments each object recorded (``obj.hparams()``);
+    ``Graph.from_yaml(graph.to_yaml())`` rebuilds the same graph (unfitted).
+    """
+    out: dict[str, Any] = {"name": graph.name, "nodes": {}}
+    for name, node in graph._nodes.items():
+        entry = _component(node, f"nodes.{name}")
+        entry.update(_wiring_yaml(node, graph._wiring.get(name, {})))
+        out["nodes"][name] = entry
+    if graph._leaves:
+        out["leaves"] = {}
+        for name, leaf in graph._leaves.items():
+            entry = _component(leaf, f"leaves.{name}")
+            entry["parent"] = graph._leaf_parents[name].label()
+            out["leaves"][name] = entry
+    if graph._monitors:
+        out["monitors"] = {}
+        for i, monitor in enumerate(graph._monitors):
+            name = getattr(monitor, "name", None) or f"{type(monitor).__name__.lower()}_{i}"
+            while name in out["monitors"]:
+                name = f"{name}_{i}"
+            out["monitors"][name] = _component(monitor, f"monitors.{name}")
+    if data is not None:
+        out["data"] = _plain(dict(data), "data")
+    if training is not None:
+        config = TrainingConfig.model_validate(training) if not isinstance(training, TrainingConfig) else training
+        out["training"] = config.model_dump(mode="json")
+    text = yaml.safe_dump(out, sort_keys=False, allow_unicode=True)
+    if path is not None:
+        target = Path(path)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+    return text

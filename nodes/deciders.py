@@ -1,0 +1,78 @@
+"""Deciders: turn anomaly scores into binary {0, 1} masks."""
+
+from __future__ import annotations
+
+import torch
+
+from cuvis_graph.node import Node, PortSpec
+from cuvis_graph.registry import register
+
+__all__ = ["BinaryDecider", "QuantileDecider", "rowwise_quantile"]
+
+SCORES = ("B", "H", "W", 1)
+
+
+def rowwise_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """Quantile ``q`` of every row of ``values`` (``[B, N]`` -> ``[B]``), numpy's "linear" rule.
+
+    With the row sorted, ``h = (N - 1) q``: ``x_(floor h) + (h - floor h) (x_(ceil h) - x_(floor h))``.
+    Sort-based, so it has no element limit (``torch.quantile`` refuses more than 2^24).
+    """
+    n = values.shape[-1]
+    ordered, _ = torch.sort(values, dim=-1)
+    h = (n - 1) * float(q)
+    lo, hi = int(h // 1), min(int(h // 1) + 1, n - 1)
+    frac = h - lo
+    return ordered[..., lo] + frac * (ordered[..., hi] - ordered[..., lo])
+
+
+@register
+class BinaryDecider(Node):
+    """Fixed threshold: ``mask = 1[score > threshold]`` (``[B,H,W,1]`` -> ``[B,H,W,1]`` of 0/1).
+
+    The output has the scores' floating dtype (0.0 / 1.0) so losses and metrics consume it
+    directly.
+
+    Args:
+        threshold: pixels with a score strictly above it are anomalous.
+    """
+
+    INPUTS = {"scores": PortSpec(SCORES, description="anomaly scores or logits")}
+    OUTPUTS = {"decisions": PortSpec(SCORES, description="binary anomaly mask (0/1)")}
+
+    def __init__(self, threshold: float = 0.5, name: str | None = None) -> None:
+        super().__init__(name=name)
+        self.threshold = float(threshold)
+
+    def forward(self, scores: torch.Tensor) -> torch.Tensor:
+        return (scores > self.threshold).to(scores.dtype if scores.is_floating_point() else torch.float32)
+
+
+@register
+class QuantileDecider(Node):
+    """Per-image quantile threshold: ``mask_b = 1[score_b > Q_q(score_b)]`` (``[B,H,W,1]``, 0/1).
+
+    ``Q_q(score_b)`` is the ``q``-quantile of the ``H*W`` scores of image ``b`` (numpy's
+    linear interpolation, see :func:`rowwise_quantile`), so about a fraction ``1 - q`` of
+    every image is flagged, whatever the score scale.
+
+    Args:
+        q: quantile in ``[0, 1]`` (e.g. 0.99 flags the top 1% of each image).
+    """
+
+    INPUTS = {"scores": PortSpec(SCORES, description="anomaly scores or logits")}
+    OUTPUTS = {"decisions": PortSpec(SCORES, description="binary anomaly mask (0/1)")}
+
+    def __init__(self, q: float = 0.99, name: str | None = None) -> None:
+        super().__init__(name=name)
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"q must be in [0, 1], got {q}")
+        self.q = float(q)
+
+    def thresholds(self, scores: torch.Tensor) -> torch.Tensor:
+        """``[B]`` per-image thresholds."""
+        return rowwise_quantile(scores.detach().reshape(scores.shape[0], -1), self.q)
+
+    def forward(self, scores: torch.Tensor) -> torch.Tensor:
+        thresholds = self.thresholds(scores).reshape(-1, *([1] * (scores.ndim - 1)))
+        return (scores > thresholds).to(scores.dtype if scores.is_floating_point() else torch.float32)

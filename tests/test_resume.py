@@ -1,0 +1,109 @@
+"""Resume: a run killed with SIGKILL during epoch 3 and resumed from ``last.ckpt`` ends
+bit-identical to an uninterrupted 6-epoch run (weights, optimizer-driven metrics, log)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from runs_helpers import build_graph, config, datamodule
+
+from cuvis_graph.callbacks import AtomicCheckpointIO
+from cuvis_graph.runs import read_run_json
+
+HERE = Path(__file__).parent
+
+
+def _state(graph) -> dict[str, torch.Tensor]:
+    return {f"{n}.{k}": v.detach().clone() for n, node in graph.nodes.items() for k, v in node.state_dict().items()}
+
+
+def _metric_lines(run_dir: Path) -> list[tuple[str, int, dict]]:
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(d["stage"], d["step"], d["metrics"]) for d in lines]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    graph = build_graph()
+    result = graph.train(datamodule(), config(6), run_dir=run_dir)
+    return graph, result, run_dir
+
+
+def test_kill_during_epoch_3_then_resume_is_bit_exact(straight, tmp_path):
+    graph0, result0, run0 = straight
+    run_dir, marker = tmp_path / "run", tmp_path / "marker"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, str(HERE / "resume_child.py"), str(run_dir), str(marker)],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 90
+        while not marker.exists():
+            assert child.poll() is None, child.stdout.read().decode()
+            assert time.time() < deadline, "child never reached epoch 3"
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.wait(30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert read_run_json(run_dir)["status"] == "running"  # killed: nobody wrote an end state
+    killed = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (killed["epoch"], killed["global_step"]) == (1, 4)  # end of epoch 2 (0-based epoch 1)
+
+    graph = build_graph()
+    result = graph.train(datamodule(), config(6), resume=run_dir)  # stale lock of the killed child is replaced
+    assert result.fit.passes == 0  # statistics came from the checkpoint
+    assert result.metrics == result0.metrics
+    assert result.trainer.global_step == result0.trainer.global_step == 12
+    s0, s1 = _state(graph0), _state(graph)
+    assert s0.keys() == s1.keys()
+    for key in s0:
+        assert torch.equal(s0[key], s1[key]), (key, (s0[key] - s1[key]).abs().max(), (s0[key] != s1[key]).nonzero())
+    record = read_run_json(run_dir)
+    assert record["status"] == "completed"
+    assert [a["status"] for a in record["attempts"]] == ["running", "completed"]
+    assert record["attempts"][1]["resumed_from"].endswith("last.ckpt")
+    assert record["initial_metrics"] == read_run_json(run0)["initial_metrics"]
+    assert [(s, st, m) for s, st, m in _metric_lines(run_dir)] == _metric_lines(run0)
+    print(f"\nkill/resume: killed at epoch 3 (last.ckpt epoch={killed['epoch']} step={killed['global_step']}); "
+          f"final val/loss straight={result0.metrics['val/loss']!r} resumed={result.metrics['val/loss']!r}; "
+          f"{len(s0)} tensors equal")
+
+
+def test_resume_auto_finds_latest_run_and_no_checkpoint_starts_fresh(tmp_path, caplog):
+    root = tmp_path / "runs"
+    first = build_graph().train(datamodule(), config(2), runs_root=root)
+    resumed = build_graph().train(datamodule(), config(3), runs_root=root, resume="auto")
+    assert resumed.run_dir == first.run_dir
+    assert resumed.trainer.current_epoch == 3 and resumed.fit.passes == 0
+    with caplog.at_level("WARNING", logger="cuvis_graph"):
+        fresh = build_graph("other").train(datamodule(), config(1), runs_root=root, resume="auto")
+    assert fresh.fit.passes > 0 and fresh.run_dir.parent.name == "other"
+    assert any("no checkpoint found" in r.message for r in caplog.records)
+
+
+def test_interrupted_checkpoint_write_keeps_previous_last_ckpt(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"epoch": 1, "w": torch.arange(1000.0)}, path)
+
+    def half_then_die(obj, fh, *args, **kwargs):
+        fh.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt  # the writer is interrupted mid-file
+
+    monkeypatch.setattr(torch, "save", half_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"epoch": 2, "w": torch.zeros(1000)}, path)
+    monkeypatch.undo()
+    loaded = io.load_checkpoint(path)
+    assert loaded["epoch"] == 1 and torch.equal(loaded["w"], torch.arange(1000.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left behind
