@@ -152,17 +152,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) -> tuple[Path, dict[str, float]]:
-    from .runs import atomic_write_text
+    from .runs import atomic_write_text, open_run
 
     spec = dict(pipeline.config)
     if overrides:
         spec["overrides"] = list(overrides)
-    kwargs: dict[str, Any] = {"pipeline_spec": spec}
-    if args.runs_dir:
-        kwargs["runs_root"] = args.runs_dir
-    result = pipeline.graph.train(pipeline.datamodule, pipeline.training, **kwargs)
-    run_dir = Path(result.run_dir) if result.run_dir is not None else Path(".")
-    atomic_write_text(run_dir / "pipeline.yaml", pipeline.resolved_yaml())
+    root = args.runs_dir or pipeline.training.run.root
+    run_dir = open_run(pipeline.name, root=root).path
+    atomic_write_text(run_dir / "pipeline.yaml", pipeline.resolved_yaml())  # re-runnable as it is
+    result = pipeline.graph.train(pipeline.datamodule, pipeline.training, run_dir=run_dir, pipeline_spec=spec)
     if args.save_predictions:
         path = _save_predictions(pipeline, run_dir)
         _out(f"predictions: {path}")

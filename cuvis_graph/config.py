@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -127,9 +128,13 @@ class CallbacksConfig(StrictModel):
 
 
 class RunConfig(StrictModel):
-    """Where run directories go: ``<root>/<pipeline-name>/<YYYYMMDD_HHMMSS_mmm>/``."""
+    """Where run directories go: ``<root>/<pipeline-name>/<YYYYMMDD_HHMMSS_mmm>/``.
 
-    root: str = "runs"
+    The default root is ``$CUVIS_GRAPH_RUNS_ROOT`` when set (e.g. a temporary folder for
+    test suites), else ``runs`` in the working directory.
+    """
+
+    root: str = Field(default_factory=lambda: os.environ.get("CUVIS_GRAPH_RUNS_ROOT") or "runs")
 
 
 class TrainingConfig(StrictModel):

@@ -1,6 +1,6 @@
 """``make demo``: train the default pipeline on the embedded synthetic scenes.
 
-MinMax normalizer -> global RX -> logit head, with a BCE loss and detection metrics;
+MinMax normalizer -> global RX (trainable) -> logit head, with a BCE loss and detection metrics;
 statistics first, then a few epochs of gradient training. Metrics go to
 ``<run>/metrics.jsonl``, figures to ``<run>/artifacts/``.
 """
@@ -8,12 +8,10 @@ statistics first, then a few epochs of gradient training. Metrics go to
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from cuvis_graph import Graph, OptimizerConfig, TrainerConfig, TrainingConfig
 from cuvis_graph.data import SyntheticHSIDataModule
-from cuvis_graph.monitors import FileMonitor
 
 
 def build_graph() -> Graph:
@@ -21,7 +19,7 @@ def build_graph() -> Graph:
 
     graph = Graph("rx_logit_demo")
     norm = graph.add_node(nodes.MinMaxNormalizer(), name="normalizer")
-    rx = graph.add_node(nodes.RXGlobal(), parent=norm, name="rx")
+    rx = graph.add_node(nodes.RXGlobal(trainable_stats=True), parent=norm, name="rx")
     head = graph.add_node(nodes.RXLogitHead(), parent=rx, name="head")
     graph.add_leaf_node(nodes.AnomalyBCEWithLogits(pos_weight=5.0), parent=head, name="bce")
     graph.add_leaf_node(nodes.AnomalyDetectionMetrics(), parent=head, name="detection")
@@ -36,18 +34,18 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--root", default="runs")
     args = parser.parse_args(argv)
-    run_dir = Path(args.root) / "rx_logit_demo" / time.strftime("%Y%m%d_%H%M%S")
     graph = build_graph()
-    graph.register_monitor(FileMonitor(run_dir))
     print(graph.describe())
     config = TrainingConfig(trainer=TrainerConfig(max_epochs=args.epochs), optimizer=OptimizerConfig(lr=0.05))
-    result = graph.train(SyntheticHSIDataModule(), config)
+    result = graph.train(SyntheticHSIDataModule(), config, runs_root=args.root)
+    run_dir = result.run_dir
     print(f"\nstatistical init: {result.fit.passes} passes over the training data")
     for key in ("val/detection/f1", "val/detection/auroc", "val/loss"):
         before, after = result.initial_metrics.get(key), result.metrics.get(key)
         if after is not None:
             print(f"  {key:24s} {before:.4f} -> {after:.4f}" if before is not None else f"  {key}: {after:.4f}")
-    print(f"\nmetrics:   {run_dir / 'metrics.jsonl'}")
+    print(f"\nrun:       {run_dir}  (run.json, config.yaml, checkpoints/, logs/)")
+    print(f"metrics:   {run_dir / 'metrics.jsonl'}")
     figures = sorted((run_dir / "artifacts").rglob("*.png")) if (run_dir / "artifacts").exists() else []
     print(f"figures:   {run_dir / 'artifacts'} ({len(figures)} PNG)")
     return run_dir

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .errors import CompileError
+from .leaves import LossNode, MetricNode, VisualizationNode
+
+_LEAF_KINDS = (("loss", LossNode), ("metric", MetricNode), ("visualization", VisualizationNode))
 
 if TYPE_CHECKING:
     from .graph import Graph
@@ -36,7 +39,7 @@ def describe_graph(graph: Graph) -> str:
         n_params = sum(p.numel() for p in node.parameters())
         rows.append((name, type(node).__name__, parents, outputs, role, str(n_params)))
     for name, leaf in graph._leaves.items():
-        kind = type(leaf).__mro__[1].__name__.replace("Node", "").lower()
+        kind = next((k for k, base in _LEAF_KINDS if isinstance(leaf, base)), "leaf")
         rows.append((name, type(leaf).__name__, graph._leaf_parents[name].label(), "-", f"leaf:{kind}",
                      str(sum(p.numel() for p in leaf.parameters()))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]

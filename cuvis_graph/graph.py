@@ -292,7 +292,10 @@ class Graph:
                     run.record["initial_metrics"] = initial
                     run.save()
             if max_epochs > 0:
-                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+                with warnings.catch_warnings():
+                    if ckpt is not None:  # resuming writes into the run's own checkpoint folder on purpose
+                        warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty")
+                    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         finally:
             hub.close()
         metrics = _floats(trainer.callback_metrics) if max_epochs > 0 else dict(initial)

@@ -147,6 +147,11 @@ class GraphModule(pl.LightningModule):
         outputs = self.executor.run(batch)
         return {name: next(iter(outputs[name].values())) for name in self.plan.sinks()}
 
+    def on_fit_start(self) -> None:
+        # Lightning >= 2.2 keeps each module's mode; nodes left in eval mode by an earlier
+        # train/predict would otherwise train in eval mode (hard masks, no Gumbel noise).
+        self.train()
+
     def on_train_epoch_start(self) -> None:
         for step in self.plan.steps:
             hook = getattr(step.node, "on_epoch_start", None)

@@ -101,8 +101,8 @@ def _order(layout: Layout) -> None:
     levels: dict[int, list[Box]] = {}
     for box in layout.boxes.values():
         levels.setdefault(box.level, []).append(box)
-    for i, boxes in enumerate(levels[0] if 0 in levels else []):
-        boxes.order = i
+    for i, box in enumerate(levels.get(0, [])):
+        box.order = i
     for _ in range(2):
         for level in sorted(levels):
             if level == 0:
@@ -121,7 +121,8 @@ def to_text(graph: Graph, plan: Plan, data: DataSpec | None = None) -> str:
     layout = layout_graph(graph, plan, data)
     incoming: dict[str, list[str]] = {}
     for src, dst, label in layout.edges:
-        incoming.setdefault(dst, []).append(f"{src}" + (f" ({label})" if label else ""))
+        text = f"batch.{label or 'cube'}" if src == _BATCH else f"{src}" + (f" ({label})" if label else "")
+        incoming.setdefault(dst, []).append(text)
     header = ("name", "type", "role", "from", "outputs")
     rows = [header]
     for box in sorted(layout.boxes.values(), key=lambda b: (b.kind in ("loss", "metric", "visualization", "leaf"),
@@ -182,14 +183,14 @@ def to_png(graph: Graph, plan: Plan, path: str | os.PathLike, data: DataSpec | N
     from matplotlib.patches import FancyBboxPatch
 
     layout = layout_graph(graph, plan, data)
-    col_w, box_w, line_h, gap = 3.0, 2.7, 0.19, 0.55
+    col_w, box_w, line_h, gap, margin = 3.0, 2.7, 0.19, 0.55, 0.7
     levels: dict[int, list[Box]] = {}
     for box in layout.boxes.values():
         levels.setdefault(box.level, []).append(box)
     height_of = {b.id: 0.32 + line_h * (1 + len(b.lines)) for b in layout.boxes.values()}
     row_h = {lvl: max(height_of[b.id] for b in boxes) for lvl, boxes in levels.items()}
     widest = max(len(boxes) for boxes in levels.values())
-    width = widest * col_w + 0.4
+    width = widest * col_w + 2 * margin
     total_h = sum(row_h.values()) + gap * (len(levels) - 1) + 1.3
     fig, ax = plt.subplots(figsize=(width, total_h))
     ax.set_xlim(0, width)
@@ -206,23 +207,41 @@ def to_png(graph: Graph, plan: Plan, path: str | os.PathLike, data: DataSpec | N
         x, yc = centre[box.id]
         h = height_of[box.id]
         ax.add_patch(FancyBboxPatch((x - box_w / 2, yc - h / 2), box_w, h, boxstyle="round,pad=0,rounding_size=0.08",
-                                    facecolor=_COLOURS.get(box.kind, "#eeeeee"), edgecolor="#444444", linewidth=1.0))
+                                    facecolor=_COLOURS.get(box.kind, "#eeeeee"), edgecolor="#444444", linewidth=1.0,
+                                    zorder=2))
         top = yc + h / 2 - 0.16 - line_h / 2
-        ax.text(x, top, box.title, ha="center", va="center", fontsize=9.5, fontweight="bold")
+        ax.text(x, top, box.title, ha="center", va="center", fontsize=9.5, fontweight="bold", zorder=3)
         ax.text(x, top - line_h * 0.95, box.subtitle, ha="center", va="center", fontsize=8, style="italic",
-                color="#333333")
+                color="#333333", zorder=3)
         for i, line in enumerate(box.lines):
             ax.text(x, top - line_h * (i + 2) * 0.95, line, ha="center", va="center", fontsize=7.5,
-                    family="monospace", color="#222222")
+                    family="monospace", color="#222222", zorder=3)
+    lanes = {"left": 0, "right": 0}
     for src, dst, label in layout.edges:
         (x0, y0), (x1, y1) = centre[src], centre[dst]
         start = (x0, y0 - height_of[src] / 2)
         end = (x1, y1 + height_of[dst] / 2)
-        ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="-|>", color="#555555", lw=1.0,
-                                                              shrinkA=0, shrinkB=1, mutation_scale=11))
+        style = dict(color="#555555", lw=1.0, linestyle="--" if src == _BATCH and label not in ("", "cube") else "-")
+        between = [b for b in layout.boxes.values() if layout.boxes[src].level < b.level < layout.boxes[dst].level]
+        if between:  # skip a level: run down a lane beside the boxes in between
+            xs = [centre[b.id][0] for b in between]
+            side = "left" if x1 <= width / 2 else "right"
+            offset = box_w / 2 + 0.18 + 0.14 * lanes[side]
+            lanes[side] += 1
+            lane_x = min(xs) - offset if side == "left" else max(xs) + offset
+            x_start = x0 + (-0.25 if side == "left" else 0.25) * box_w
+            start = (x_start, start[1])
+            end = (x1 + (-0.25 if side == "left" else 0.25) * box_w, end[1])
+            points = [start, (lane_x, start[1] - gap * 0.45), (lane_x, end[1] + gap * 0.55)]
+            ax.plot([p[0] for p in points], [p[1] for p in points], zorder=1, **style)
+            label_at = (lane_x, (points[1][1] + points[2][1]) / 2)
+            start = points[-1]
+        else:
+            label_at = (start[0] + (end[0] - start[0]) * 0.35, start[1] + (end[1] - start[1]) * 0.35)
+        ax.annotate("", xy=end, xytext=start, zorder=1,
+                    arrowprops=dict(arrowstyle="-|>", shrinkA=0, shrinkB=1, mutation_scale=11, **style))
         if label:
-            ax.text(start[0] + (end[0] - start[0]) * 0.35, start[1] + (end[1] - start[1]) * 0.35, label,
-                    fontsize=7, ha="center", va="center", color="#1f4e79",
+            ax.text(*label_at, label, fontsize=7, ha="center", va="center", color="#1f4e79", zorder=3,
                     bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.9))
     kinds = [k for k in _COLOURS if any(b.kind == k for b in layout.boxes.values())]
     handles = [Line2D([0], [0], marker="s", linestyle="", markersize=10, markerfacecolor=_COLOURS[k],

@@ -191,7 +191,7 @@ class Run:
     """One run directory and its ``run.json`` record."""
 
     def __init__(self, path: Path, pipeline: str, resume_checkpoint: Path | None = None) -> None:
-        self.path = Path(path)
+        self.path = Path(path).absolute()
         self.pipeline = pipeline
         self.resume_checkpoint = resume_checkpoint
         self.lock = RunLock(self.path)

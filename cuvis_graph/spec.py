@@ -383,7 +383,7 @@ def _hydra_compose(path: Path, overrides: list[str], source: str) -> Any:
         with initialize_config_dir(config_dir=str(path.parent.resolve()), version_base=None, job_name="cuvis_graph"):
             return compose(config_name=path.stem, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as exc:
-        text = str(exc).strip()
+        text = str(exc).split("Config search path:")[0].strip()
         where = "overrides" if overrides else "defaults"
         raise SpecError(source, [Problem(where, text)]) from None
     finally:
@@ -586,7 +586,7 @@ def _resolve_class(spec: ComponentSpec, where: str, kind: str, allow: list[str])
                                    "@cuvis_graph.register")]
     actual = kind_of(cls)
     if actual != kind:
-        section = _KIND_SECTION.get(actual or "", None)
+        section = _KIND_SECTION.get(actual or "")
         hint = f"; put it under '{section}:'" if section else ""
         return None, [Problem(key, f"'{name}' is a {actual or 'plain class'}, not a {kind}{hint}")]
     return cls, []
@@ -772,10 +772,12 @@ def build_pipeline(config: Mapping[str, Any], source: str = "<pipeline>", allow_
             graph.compile(datamodule, for_training=spec.training.trainer.max_epochs > 0)
         except CompileError as exc:
             raise SpecError(source, exc.problems) from None
-    resolved = dict(config)
-    resolved["name"] = spec.name
+    resolved: dict[str, Any] = {"name": spec.name}
+    resolved.update((k, config[k]) for k in ("nodes", "leaves", "monitors") if config.get(k))
     resolved["data"] = {"type": spec.data.type_name, "params": dict(spec.data.params)}
     resolved["training"] = spec.training.model_dump(mode="json")
+    if spec.allow_modules:
+        resolved["allow_modules"] = list(spec.allow_modules)
     return Pipeline(spec.name, graph, spec.training, datamodule, resolved, source, spec, allow)
 
 
@@ -783,8 +785,8 @@ def load_pipeline(source: str | os.PathLike | Mapping[str, Any], overrides: Sequ
                   allow_modules: Iterable[str] = (), build_data: bool = True, check: bool = True) -> Pipeline:
     """Compose (Hydra), validate and build a pipeline; one :class:`SpecError` lists all problems."""
     config, label = load_config(source, overrides, allow_modules)
-    if not config.get("name") and not isinstance(source, Mapping) and Path(str(source)).is_file():
-        config["name"] = Path(str(source)).stem
+    if not config.get("name") and label not in ("<pipeline>", "<yaml text>"):
+        config["name"] = Path(label).stem
     return build_pipeline(config, label, allow_modules, build_data=build_data, check=check)
 
 

@@ -44,7 +44,8 @@ class TrainablePCA(Node):
 
     * ``explained_variance = lambda_{1..K}`` (ddof = 1, as scikit-learn);
     * ``explained_variance_ratio = lambda_k / tr(Sigma)``: relative to the TOTAL variance of
-      all C channels, so it sums to 1 only when ``K = C``;
+      all C channels, so it sums to 1 only when ``K = C`` (fitted values; for trained
+      components see ``ExplainedVarianceMetric``);
     * ``whiten=True``: ``y_k <- y_k / sqrt(lambda_k)`` (``lambda_k`` floored at
       ``eps * lambda_1``), so every output has unit variance on the training data;
     * ``center=False``: no mean is subtracted; ``W`` are then the principal axes of the

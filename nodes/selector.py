@@ -42,7 +42,10 @@ class SoftChannelSelector(Node):
 
     ``hard=True``: in eval mode the weights become the top-k mask ``m_c = 1`` for the
     ``n_select`` largest logits, else 0 (exactly ``n_select`` channels pass, unscaled);
-    training keeps the soft weights (downstream statistics are fitted with them too).
+    training keeps the soft weights. Caveat: statistical nodes downstream (RX, PCA) are
+    fitted on the soft-weighted cube during the statistical pass, so in eval they see a
+    differently scaled input with zeroed channels; refit them on the hard selection
+    before relying on their eval scores.
 
     Initialisation of ``l``:
 

@@ -36,3 +36,10 @@ def tiny_cubes() -> np.ndarray:
 def tiny_datamodule(tiny_cubes: np.ndarray) -> ArrayDataModule:
     """``GraphDataModule.from_arrays`` over :func:`tiny_cubes`, batch size 2, no masks."""
     return GraphDataModule.from_arrays(tiny_cubes, batch_size=2)
+
+
+@pytest.fixture(autouse=True)
+def _runs_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run directories of ``graph.train`` go to a temporary folder, never into the checkout."""
+    if "CUVIS_GRAPH_RUNS_ROOT" not in os.environ:
+        monkeypatch.setenv("CUVIS_GRAPH_RUNS_ROOT", str(tmp_path_factory.mktemp("runs")))

@@ -5,11 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from cuvis_graph import Graph
-from cuvis_graph.data import GraphDataModule, SyntheticHSIDataModule
-from cuvis_graph.errors import CompileError
-from cuvis_graph.executor import Executor
 from cuvis_graph.nodes import (
     AnomalyBCEWithLogits,
     MinMaxNormalizer,
@@ -23,6 +18,11 @@ from cuvis_graph.nodes import (
     TrainablePCA,
     WeightedMultiLoss,
 )
+
+from cuvis_graph import Graph
+from cuvis_graph.data import GraphDataModule, SyntheticHSIDataModule
+from cuvis_graph.errors import CompileError
+from cuvis_graph.executor import Executor
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +60,7 @@ def test_entropy_regularizer_equals_numpy() -> None:
     assert float(plain.weight * plain.compute_loss(None, {}).detach()) == pytest.approx(-0.3 * entropy, rel=1e-6)
     targeted = SelectorEntropyRegularizer(weight=0.3, target_entropy=1.0)
     targeted.bind_parent(sel)
-    assert float(targeted.weight * targeted.compute_loss(None, {})) == pytest.approx(0.3 * (entropy - 1.0) ** 2, rel=1e-5)
+    assert float(targeted.weight * targeted.compute_loss(None, {}).detach()) == pytest.approx(0.3 * (entropy - 1.0) ** 2, rel=1e-5)
     targeted.compute_loss(None, {}).backward()
     assert sel.logits.grad is not None and torch.count_nonzero(sel.logits.grad) > 0
 
@@ -69,7 +69,7 @@ def test_diversity_regularizer_equals_numpy() -> None:
     sel = selector_with_logits(LOGITS)
     leaf = SelectorDiversityRegularizer(weight=0.5)
     leaf.bind_parent(sel)
-    assert float(leaf.weight * leaf.compute_loss(None, {})) == pytest.approx(-0.5 * np.var(numpy_weights()), rel=1e-6)
+    assert float(leaf.weight * leaf.compute_loss(None, {}).detach()) == pytest.approx(-0.5 * np.var(numpy_weights()), rel=1e-6)
 
 
 def test_orthogonality_loss_equals_numpy_and_reaches_components() -> None:
@@ -80,7 +80,7 @@ def test_orthogonality_loss_equals_numpy_and_reaches_components() -> None:
     leaf = OrthogonalityLoss(weight=2.0)
     leaf.bind_parent(pca)
     value = leaf.compute_loss(None, {})
-    assert float(leaf.weight * value) == pytest.approx(2.0 * np.sum((w @ w.T - np.eye(3)) ** 2), rel=1e-12)
+    assert float(leaf.weight * value.detach()) == pytest.approx(2.0 * np.sum((w @ w.T - np.eye(3)) ** 2), rel=1e-12)
     value.backward()
     assert pca.components.grad is not None
 
@@ -93,10 +93,10 @@ def test_orthogonality_loss_trains_pca_components_back_to_orthonormal() -> None:
     graph.train(dm, {"trainer": {"max_epochs": 0, "enable_progress_bar": False}})
     with torch.no_grad():
         pca.components.mul_(1.3)
-    before = float(OrthogonalityLoss().compute_loss.__func__(_bound(pca), None, {}))
+    before = float(_bound(pca).compute_loss(None, {}).detach())
     graph.train(dm, {"trainer": {"max_epochs": 3, "enable_progress_bar": False},
                      "optimizer": {"lr": 0.01}})
-    after = float(OrthogonalityLoss().compute_loss.__func__(_bound(pca), None, {}))
+    after = float(_bound(pca).compute_loss(None, {}).detach())
     assert after < 0.5 * before
 
 
@@ -168,8 +168,8 @@ def test_weighted_multi_loss_sums_and_logs_components() -> None:
     div = SelectorDiversityRegularizer()
     ent.bind_parent(sel)
     div.bind_parent(sel)
-    total = multi.compute_loss(None, {})
-    expected = 0.2 * float(ent.compute_loss(None, {})) + 3.0 * float(div.compute_loss(None, {}))
+    total = multi.compute_loss(None, {}).detach()
+    expected = 0.2 * float(ent.compute_loss(None, {}).detach()) + 3.0 * float(div.compute_loss(None, {}).detach())
     assert float(total) == pytest.approx(expected, rel=1e-6)
     assert set(multi.last_components) == {"entropy", "diversity"}
     assert float(sum(multi.last_components.values())) == pytest.approx(expected, rel=1e-6)

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cuvis_graph.nodes import RXGlobal, StandardNormalizer, TrainablePCA
 from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 
 from cuvis_graph import Graph
 from cuvis_graph.data import GraphDataModule
 from cuvis_graph.errors import CompileError
-from cuvis_graph.nodes import RXGlobal, StandardNormalizer, TrainablePCA
 
 STATS_ONLY = {"trainer": {"max_epochs": 0, "enable_progress_bar": False}}
 ABU = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "abu"

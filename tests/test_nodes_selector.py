@@ -6,11 +6,11 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from cuvis_graph.nodes import AnomalyBCEWithLogits, RXGlobal, RXLogitHead, SoftChannelSelector
 
 from cuvis_graph import Graph
 from cuvis_graph.data import GraphDataModule, SyntheticHSIDataModule
 from cuvis_graph.errors import CompileError
-from cuvis_graph.nodes import AnomalyBCEWithLogits, RXGlobal, RXLogitHead, SoftChannelSelector
 
 
 @pytest.fixture(autouse=True)

@@ -11,10 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from runs_helpers import build_graph, config, datamodule
 
+from cuvis_graph import Graph
 from cuvis_graph.callbacks import AtomicCheckpointIO
 from cuvis_graph.runs import read_run_json
 
@@ -107,3 +109,43 @@ def test_interrupted_checkpoint_write_keeps_previous_last_ckpt(tmp_path, monkeyp
     loaded = io.load_checkpoint(path)
     assert loaded["epoch"] == 1 and torch.equal(loaded["w"], torch.arange(1000.0))
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left behind
+
+
+class _CtrlCAtEpoch(pl.Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def _selector_graph() -> Graph:
+    """norm -> Gumbel soft selector -> trainable RX -> logit head, BCE."""
+    from cuvis_graph import nodes
+
+    graph = Graph("selector_rx")
+    norm = graph.add_node(nodes.MinMaxNormalizer(), name="norm")
+    sel = graph.add_node(nodes.SoftChannelSelector(n_select=6, gumbel=True, temperature_decay=0.7), parent=norm,
+                         name="sel")
+    rx = graph.add_node(nodes.RXGlobal(trainable_stats=True), parent=sel, name="rx")
+    head = graph.add_node(nodes.RXLogitHead(), parent=rx, name="head")
+    graph.add_leaf_node(nodes.AnomalyBCEWithLogits(pos_weight=5.0), parent=head, name="bce")
+    return graph
+
+
+def test_ctrl_c_then_resume_with_gumbel_selector_is_bit_exact(tmp_path):
+    """Gumbel noise draws from the global RNG and the temperature is annealed per epoch:
+    both must continue exactly where the interrupted run stopped."""
+    straight = _selector_graph()
+    r0 = straight.train(datamodule(), config(4), run_dir=tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        _selector_graph().train(datamodule(), config(4), run_dir=tmp_path / "b", callbacks=[_CtrlCAtEpoch(2)])
+    assert read_run_json(tmp_path / "b")["status"] == "interrupted"
+    resumed = _selector_graph()
+    r1 = resumed.train(datamodule(), config(4), resume=tmp_path / "b")
+    assert r1.fit.passes == 0 and r1.metrics == r0.metrics
+    s0, s1 = _state(straight), _state(resumed)
+    assert float(s1["sel.current_temperature"]) < 5.0
+    for key in s0:
+        assert torch.equal(s0[key], s1[key]), key

@@ -319,3 +319,31 @@ def test_explicit_label_source_resolves_labels_for_the_outline() -> None:
     plan = graph.validate(_datamodule())
     targets = {b.name: b.target for b in plan.leaves}
     assert str(targets["with_labels"]) == "batch.mask" and targets["plain"] is None
+
+
+def test_with_the_real_selector_and_pca(tmp_path) -> None:
+    """The selector plots and the PCA scatter on ``SoftChannelSelector`` / ``TrainablePCA``."""
+    from cuvis_graph.nodes import SoftChannelSelector, TrainablePCA
+
+    graph = Graph("real_parents")
+    norm = graph.add_node(MinMaxNormalizer(), name="norm")
+    sel = graph.add_node(SoftChannelSelector(n_select=4, temperature_init=2.0, temperature_decay=0.5, hard=True),
+                         parent=norm, name="sel")
+    pca = graph.add_node(TrainablePCA(n_components=3), parent=sel, name="pca")
+    rx = graph.add_node(RXGlobal(), parent=pca, name="rx")
+    head = graph.add_node(RXLogitHead(), parent=rx, name="head")
+    graph.add_leaf_node(AnomalyBCEWithLogits(pos_weight=5.0), parent=head, name="bce")
+    for leaf in (SelectorTemperaturePlot(), SelectorChannelMaskPlot(), SelectorStabilityPlot(), PCAVisualization()):
+        graph.add_leaf_node(leaf, parent=pca if isinstance(leaf, PCAVisualization) else sel,
+                            name=type(leaf).__name__.lower())
+    graph.register_monitor(FileMonitor(tmp_path))
+    result = graph.train(_datamodule(), _config(2), run_dir=False)
+    assert result.failures == []
+    for leaf in ("selectortemperatureplot", "selectorchannelmaskplot", "selectorstabilityplot", "pcavisualization"):
+        assert sorted(_pngs(tmp_path, leaf)) == [0, 1], leaf
+    temperatures = graph["selectortemperatureplot"].history
+    assert temperatures == pytest.approx({e: sel.temperature_at(e) for e in (0, 1)})
+    assert all(len(s) == 4 for s in graph["selectorstabilityplot"].history.values())
+    fig = PCAVisualization().visualize(torch.randn(1, 4, 4, 3), {}, pca)["scatter"]
+    ratios = pca.explained_variance_ratio
+    assert fig.axes[0].get_xlabel() == f"PC 1 ({100 * float(ratios[0]):.1f}% var.)"

@@ -2,5 +2,7 @@
 
 from .file import DummyMonitor, FileMonitor
 from .hub import MonitorHub, MonitorLogger
+from .tensorboard import TensorBoardMonitor
+from .wandb import WandBMonitor
 
-__all__ = ["FileMonitor", "DummyMonitor", "MonitorHub", "MonitorLogger"]
+__all__ = ["FileMonitor", "DummyMonitor", "MonitorHub", "MonitorLogger", "TensorBoardMonitor", "WandBMonitor"]

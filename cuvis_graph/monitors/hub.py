@@ -69,7 +69,8 @@ class MonitorHub:
 class MonitorLogger(Logger):
     """Lightning logger that routes ``self.log`` values to a :class:`MonitorHub`.
 
-    Keys ``"<stage>/..."`` are grouped by stage (``train``, ``val``, ``test``...)."""
+    Keys ``"<stage>/..."`` are grouped by stage (``train``, ``val``, ``test``...); keys
+    without a stage ride along, or go to ``train`` when they come alone."""
 
     def __init__(self, hub: MonitorHub) -> None:
         super().__init__()
@@ -94,6 +95,8 @@ class MonitorLogger(Logger):
         for key, value in metrics.items():
             if "/" in key:
                 groups[key.split("/", 1)[0]][key] = float(value)
+        if not groups and any(k != "epoch" for k in extras):
+            groups["train"] = {}  # stage-less values (e.g. ``lr-Adam`` of the LR monitor)
         for stage, values in groups.items():
             self.hub.log_metrics({**values, **extras}, int(step or 0), stage)
 
