@@ -160,7 +160,13 @@ def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) ->
     root = args.runs_dir or pipeline.training.run.root
     run_dir = open_run(pipeline.name, root=root).path
     atomic_write_text(run_dir / "pipeline.yaml", pipeline.resolved_yaml())  # re-runnable as it is
-    result = pipeline.graph.train(pipeline.datamodule, pipeline.training, run_dir=run_dir, pipeline_spec=spec)
+    try:
+        result = pipeline.graph.train(pipeline.datamodule, pipeline.training, run_dir=run_dir, pipeline_spec=spec)
+    except CuvisGraphError as exc:
+        raise CuvisGraphError(f"run {run_dir} failed: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - reported with the run directory; --debug shows the chain
+        raise CuvisGraphError(f"run {run_dir} failed: {type(exc).__name__}: {exc} "
+                              f"(traceback in {run_dir / 'logs' / 'traceback.txt'})") from exc
     if args.save_predictions:
         path = _save_predictions(pipeline, run_dir)
         _out(f"predictions: {path}")

@@ -198,10 +198,9 @@ def to_png(graph: Graph, plan: Plan, path: str | os.PathLike, data: DataSpec | N
     ax.axis("off")
     centre: dict[str, tuple[float, float]] = {}
     y = total_h - 0.55
-    for lvl in sorted(levels):
-        y_mid = y - row_h[lvl] / 2
+    for lvl in sorted(levels):  # the boxes of a row share their top edge
         for box in levels[lvl]:
-            centre[box.id] = (width / 2 + box.order * col_w, y_mid)
+            centre[box.id] = (width / 2 + box.order * col_w, y - height_of[box.id] / 2)
         y -= row_h[lvl] + gap
     for box in layout.boxes.values():
         x, yc = centre[box.id]

@@ -23,7 +23,8 @@ input ports in order, or all into a variadic port), or a mapping ``port -> paren
 
 Loading goes: YAML syntax and duplicate keys (a strict pass over the file, with line
 numbers) -> Hydra composition (config groups, command-line overrides; an override of a
-key the file does not spell out is accepted when the schema knows it) -> the pydantic
+key the file does not spell out is accepted when the schema knows it; ``trainer.*``,
+``optimizer.*``... stand for ``training.trainer.*``...) -> the pydantic
 schema -> types through the registry (:mod:`cuvis_graph.registry`, never an import of a
 module the YAML names) -> constructor parameters against each class's signature and type
 hints -> objects -> :meth:`Graph.compile` against the datamodule's declared spec. Every
@@ -362,11 +363,15 @@ def _prepare_overrides(base: Mapping[str, Any], parsed: list[Any], groups: set[s
         elif o.key_or_group in groups and o.package is None:
             group_lines.append(o.input_line)
         else:
-            problem = _override_problem(base, o.key_or_group, allow)
+            key, line = o.key_or_group, o.input_line
+            top = key.split(".")[0]
+            if top in TrainingConfig.model_fields and top not in PipelineSpec.model_fields and top not in base:
+                key, line = f"training.{key}", f"training.{line}"  # `trainer.max_epochs=3` for short
+            problem = _override_problem(base, key, allow)
             if problem:
                 problems.append(Problem(f"override '{o.input_line}'", problem))
             else:
-                value_lines.append("++" + o.input_line)
+                value_lines.append("++" + line)
     if problems:
         raise SpecError(source, problems)
     return group_lines, value_lines
@@ -706,8 +711,14 @@ def build_pipeline(config: Mapping[str, Any], source: str = "<pipeline>", allow_
     from .graph import Graph
 
     spec = parse_spec(config, source)
-    allow = list(allow_modules)
+    allow: list[str] = []
     problems: list[Problem] = []
+    for module in allow_modules:
+        try:
+            check_module_name(module)
+            allow.append(module)
+        except UnsafeTargetError as exc:
+            problems.append(Problem(f"--allow-module {module}", str(exc)))
     for i, module in enumerate(spec.allow_modules):
         try:
             check_module_name(module.strip())

@@ -278,6 +278,55 @@ def test_installed_entry_point_exists() -> None:
     assert "cuvis_graph.cli" in script.read_text()
 
 
+def test_a_failing_run_is_marked_and_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import cuvis_graph.registry as registry
+    from cuvis_graph import Node, register
+
+    monkeypatch.setattr(registry, "_CLASSES", dict(registry._CLASSES))
+
+    @register
+    class ExplodingNode(Node):
+        def forward(self, x):
+            raise RuntimeError("boom")
+
+    path = tmp_path / "p.yaml"
+    path.write_text(BASE.replace("head: {type: RXLogitHead, parent: rx}", "head: {type: ExplodingNode, parent: rx}")
+                    .replace("bce: {type: AnomalyBCEWithLogits, params: {pos_weight: 10.0}, parent: head}\n", "")
+                    .replace("max_epochs: 1", "max_epochs: 0"))
+    runs = tmp_path / "runs"
+    assert main(["train", str(path), *QUIET, "--runs-dir", str(runs)]) == 1
+    err = capsys.readouterr().err
+    (run_dir,) = run_dirs(runs)
+    assert f"error: run {run_dir} failed: RuntimeError: boom" in err and "Traceback" not in err
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "failed" and (run_dir / "logs" / "traceback.txt").exists()
+
+
+PLUGIN = """\
+from cuvis_graph.nodes import RXGlobal
+
+
+class ShiftedRX(RXGlobal):
+    \"\"\"RX, user-defined.\"\"\"
+"""
+
+
+def test_allow_module_on_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    (tmp_path / "cg_cli_plugin.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "cg_cli_plugin", raising=False)
+    path = tmp_path / "p.yaml"
+    path.write_text(BASE.replace("type: RXGlobal", "_target_: cg_cli_plugin.ShiftedRX"))
+    assert main(["validate", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "not allowlisted" in err and "--allow-module cg_cli_plugin" in err
+    assert "cg_cli_plugin" not in sys.modules
+    assert main(["validate", str(path), "--allow-module", "cg_cli_plugin"]) == 0
+    assert main(["validate", str(path), "--allow-module", "os"]) == 1
+    assert "--allow-module os: module 'os' can never be allowlisted" in capsys.readouterr().err
+    sys.modules.pop("cg_cli_plugin", None)
+
+
 # -- show / nodes / help ------------------------------------------------------------------------
 def test_show_png(workdir: Path, capsys) -> None:
     out = workdir / "graph.png"

@@ -54,6 +54,7 @@ def test_run_directory_layout_and_statuses(tmp_path):
 
 def test_default_run_dir_under_runs_root(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CUVIS_GRAPH_RUNS_ROOT", raising=False)
     result = build_graph("defaults").train(datamodule(), config(0))
     assert result.run_dir.parent == tmp_path / "runs" / "defaults"
     assert len(result.run_dir.name) == len("20250101_120000_123")

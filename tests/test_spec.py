@@ -159,6 +159,13 @@ def test_overrides_reach_params_and_training() -> None:
     assert pipeline.config["nodes"]["rx"]["params"]["eps"] == 1e-3  # the resolved config records it
 
 
+def test_training_fields_may_drop_the_training_prefix() -> None:
+    pipeline = load_pipeline(BASE, ["trainer.log_every_n_steps=3", "optimizer.lr=0.25", "seed=7"])
+    assert pipeline.training.trainer.log_every_n_steps == 3
+    assert pipeline.training.optimizer.lr == 0.25 and pipeline.training.seed == 7
+    assert "did you mean 'max_epochs'" in problems(BASE, ["trainer.max_epoch=1"])
+
+
 def test_several_problems_are_reported_together() -> None:
     text = BASE.replace("RXGlobal, params: {eps: 1.0e-9}", "RXGlobal, params: {eps: abc, epss: 1}").replace(
         "parent: norm", "parent: nrom").replace("from_logits: false", "from_logit: false")
