@@ -199,10 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     train = sub.add_parser("train", parents=[piped], help="validate, then train a pipeline into a run directory",
-                           description="Validate the pipeline, then fit statistics and train it with Lightning. "
-                                       "Each run goes to <runs root>/<pipeline name>/<YYYYMMDD_HHMMSS_mmm>/ with "
-                                       "config.yaml (the resolved config), run.json, metrics.jsonl, artifacts/ "
-                                       "and checkpoints/. The end prints the run directory and final metrics.",
+                           description="Validate the pipeline, then fit statistics and train it with Lightning.\n"
+                                       "Each run goes to <runs root>/<pipeline name>/<YYYYMMDD_HHMMSS_mmm>/ with\n"
+                                       "config.yaml (the resolved config), pipeline.yaml (re-runnable), run.json,\n"
+                                       "metrics.jsonl, artifacts/ and checkpoints/. The end prints the run directory\n"
+                                       "and the final metrics. Nothing is written unless the pipeline validates.",
                            epilog="examples:\n  cuvis-graph train pipelines/rx_statistical.yaml\n"
                                   "  cuvis-graph train pipelines/selector_rx_bce.yaml training=fast "
                                   "nodes.selector.params.n_select=10\n"
