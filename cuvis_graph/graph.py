@@ -90,6 +90,8 @@ class Graph:
         self._monitors: list[MonitoringNode] = []
         self._problems: list[Problem] = []
         self._type_counts: dict[str, int] = {}
+        #: what the graph was last trained on (channel count, wavelengths); saved in ``meta.json``
+        self.data_spec: DataSpec | None = None
 
     # -- building ------------------------------------------------------------------------
     def _assign_name(self, obj: Node | LeafNode, explicit: str | None) -> str:
@@ -251,6 +253,7 @@ class Graph:
             datamodule.setup("fit")
         max_epochs = config.trainer.max_epochs
         plan = self.compile(datamodule, for_training=max_epochs > 0)
+        self.data_spec = _data_spec(datamodule)
         device = _init_device(config.trainer.accelerator)
         monitors = list(self._monitors)
         if run is not None:
@@ -306,6 +309,26 @@ class Graph:
                            epochs=trainer.current_epoch, global_step=trainer.global_step)
         return TrainResult(metrics=metrics, fit=fit, initial_metrics=initial, trainer=trainer, module=module,
                            failures=list(hub.failures), run_dir=run.path if run is not None else None)
+
+    # -- save / load / export (see cuvis_graph.saving, cuvis_graph.export) ---------------------
+    def save(self, path: str | os.PathLike) -> Any:
+        """Write ``pipeline.yaml``, ``weights.safetensors`` and ``meta.json`` into ``path``."""
+        from .saving import save_graph
+
+        return save_graph(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, **kwargs: Any) -> Graph:
+        """A graph saved by :meth:`save`; never unpickles (see :func:`cuvis_graph.saving.load_graph`)."""
+        from .saving import load_graph
+
+        return load_graph(path, **kwargs)
+
+    def export_onnx(self, path: str | os.PathLike, **kwargs: Any) -> Any:
+        """Export the inference graph to ONNX (see :func:`cuvis_graph.export.export_onnx`)."""
+        from .export import export_onnx
+
+        return export_onnx(self, path, **kwargs)
 
     # -- inference ------------------------------------------------------------------------
     def predict(self, data: Any, output: str | None = None) -> dict[str, torch.Tensor] | torch.Tensor:
