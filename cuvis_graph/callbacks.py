@@ -115,15 +115,15 @@ class RNGStateCallback(pl.Callback):
 class ParameterHistogramCallback(pl.Callback):
     """Every ``every_n_epochs`` epochs: ``hub.log_histograms({name: tensor}, step)``."""
 
-    def __init__(self, hub: MonitorHub, every_n_epochs: int = 1) -> None:
-        self.hub, self.every_n_epochs = hub, every_n_epochs
+    def __init__(self, hub: MonitorHub, every_n_epochs: int = 1, step_offset: int = 0) -> None:
+        self.hub, self.every_n_epochs, self.step_offset = hub, every_n_epochs, step_offset
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.current_epoch % self.every_n_epochs:
             return
         params = {n: p.detach().cpu() for n, p in pl_module.named_parameters() if p.requires_grad}
         if params:
-            self.hub.log_histograms(params, trainer.global_step)
+            self.hub.log_histograms(params, self.step_offset + trainer.global_step)
 
 
 _HOOKS = [name for name in dir(pl.Callback) if name.startswith("on_") or name in ("setup", "teardown")]
@@ -173,7 +173,7 @@ def resolve_monitor(requested: str | None, *, has_val: bool, has_loss: bool) -> 
 
 
 def build_callbacks(config: TrainingConfig, hub: MonitorHub, checkpoint_dir: Path | None, *,
-                    has_val: bool, has_loss: bool) -> list[pl.Callback]:
+                    has_val: bool, has_loss: bool, step_offset: int = 0) -> list[pl.Callback]:
     """Checkpointing, RNG states, early stopping, LR monitor, progress bar, histograms."""
     from lightning.pytorch.callbacks import (
         EarlyStopping,
@@ -202,5 +202,5 @@ def build_callbacks(config: TrainingConfig, hub: MonitorHub, checkpoint_dir: Pat
     if cb.rich_progress_bar and config.trainer.enable_progress_bar:
         callbacks.append(RichProgressBar())
     if cb.parameter_histograms:
-        callbacks.append(ParameterHistogramCallback(hub, cb.parameter_histograms))
+        callbacks.append(ParameterHistogramCallback(hub, cb.parameter_histograms, step_offset))
     return callbacks

@@ -18,6 +18,7 @@ __all__ = [
     "EarlyStoppingConfig",
     "CallbacksConfig",
     "RunConfig",
+    "StageConfig",
     "format_validation_error",
     "parse_config",
 ]
@@ -137,8 +138,52 @@ class RunConfig(StrictModel):
     root: str = Field(default_factory=lambda: os.environ.get("CUVIS_GRAPH_RUNS_ROOT") or "runs")
 
 
+class StageConfig(StrictModel):
+    """One gradient-training stage (see :mod:`cuvis_graph.training`).
+
+    * ``trainable``: the only nodes whose parameters train (all others frozen), or
+      ``frozen``: nodes to freeze (the others train as built); not both.
+    * ``losses``: active loss leaves, a list or ``{leaf: weight}`` (``null`` weight keeps the
+      leaf's own); ``None`` = every loss leaf at its own weight.
+    * ``optimizer`` / ``scheduler``: replace the training-wide ones for this stage.
+    * ``refit``: statistical nodes fitted again, on the data as this stage sees it, before
+      the stage starts (e.g. RX after the selector changed); ``"all"`` for every one.
+    * ``max_epochs=0``: a statistics-only stage (refit, no gradients).
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    max_epochs: int = Field(1, ge=0)
+    trainable: list[str] | None = None
+    frozen: list[str] | None = None
+    losses: list[str] | dict[str, float | None] | None = None
+    optimizer: OptimizerConfig | None = None
+    scheduler: SchedulerConfig | None = None
+    refit: list[str] | Literal["all"] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> StageConfig:
+        if self.trainable is not None and self.frozen is not None:
+            raise ValueError(f"stage '{self.name}': give either 'trainable' or 'frozen', not both")
+        s = self.scheduler
+        if s is not None and s.name == "cosine" and self.max_epochs and s.warmup_epochs > self.max_epochs:
+            raise ValueError(f"stage '{self.name}': scheduler.warmup_epochs={s.warmup_epochs} exceeds "
+                             f"max_epochs={self.max_epochs}")
+        return self
+
+    def loss_weights(self) -> dict[str, float | None] | None:
+        """``{leaf: weight or None}`` of the active losses; ``None`` = all at their own weight."""
+        if self.losses is None:
+            return None
+        return dict(self.losses) if isinstance(self.losses, dict) else dict.fromkeys(self.losses)
+
+
 class TrainingConfig(StrictModel):
-    """Everything ``graph.train`` needs besides the graph and the data."""
+    """Everything ``graph.train`` needs besides the graph and the data.
+
+    ``stages``: ordered gradient stages after statistical init; empty = one stage named
+    ``train`` with ``trainer.max_epochs`` epochs, every node as built, every loss.
+    With stages, ``trainer.max_epochs`` is not used (each stage has its own).
+    """
 
     seed: int = 0
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
@@ -147,15 +192,30 @@ class TrainingConfig(StrictModel):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     callbacks: CallbacksConfig = Field(default_factory=CallbacksConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    stages: list[StageConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainingConfig:
         s = self.scheduler
-        if s is not None and s.name == "cosine" and self.trainer.max_epochs and s.warmup_epochs > self.trainer.max_epochs:
+        if s is not None and s.name == "cosine" and not self.stages and self.trainer.max_epochs \
+                and s.warmup_epochs > self.trainer.max_epochs:
             raise ValueError(
                 f"scheduler.warmup_epochs={s.warmup_epochs} exceeds trainer.max_epochs={self.trainer.max_epochs}"
             )
+        names = [stage.name for stage in self.stages]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"stages: names must be unique, repeated: {', '.join(repeated)}")
         return self
+
+    def resolved_stages(self) -> list[StageConfig]:
+        """The declared stages, or the default single stage ``train``."""
+        return list(self.stages) or [StageConfig(name="train", max_epochs=self.trainer.max_epochs)]
+
+    @property
+    def trains(self) -> bool:
+        """Whether any stage runs gradient epochs."""
+        return any(stage.max_epochs > 0 for stage in self.resolved_stages())
 
 
 def format_validation_error(error: ValidationError, prefix: str = "") -> str:

@@ -47,16 +47,16 @@ def fit_statistics(
     loader_factory: Callable[[], Iterable[Mapping[str, Any]]],
     *,
     device: torch.device | str = "cpu",
-    refit: bool = False,
+    refit: bool | Iterable[str] = False,
     progress: bool = True,
 ) -> FitReport:
-    """Fit every statistical node of ``plan`` that is not fitted yet (all with ``refit``).
+    """Fit every statistical node of ``plan`` that is not fitted yet (and those in ``refit``).
 
     Args:
         plan: compiled plan.
         loader_factory: returns a fresh iterable of batches (one call per pass).
         device: where nodes and batches run.
-        refit: fit already-fitted nodes again.
+        refit: fit already-fitted nodes again: ``True`` for all, or the names of some.
         progress: show a progress bar per pass.
     """
     device = torch.device(device)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -12,17 +11,12 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 
-from .callbacks import AtomicCheckpointIO, SafeCallback, build_callbacks
 from .compiler import compile_graph
 from .config import TrainingConfig, parse_config
 from .errors import CuvisGraphError, Problem
-from .fitting import fit_statistics, move_batch
+from .fitting import move_batch
 from .leaves import LeafNode, MonitoringNode
-from .lightning import GraphModule
-from .monitors.file import FileMonitor
-from .monitors.hub import MonitorHub, MonitorLogger
 from .node import Node, snake_case
 from .plan import DataSpec, Plan
 from .results import TrainResult
@@ -223,7 +217,8 @@ class Graph:
               callbacks: list[pl.Callback] | None = None, refit: bool = False,
               run_dir: str | os.PathLike | Literal[False] | None = None, runs_root: str | os.PathLike | None = None,
               resume: str | os.PathLike | None = None, pipeline_spec: Mapping[str, Any] | None = None) -> TrainResult:
-        """Compile, fit statistics, then train with Lightning when ``max_epochs > 0``.
+        """Compile, fit statistics, then train the stages with Lightning (see
+        :mod:`cuvis_graph.training`; ``config.stages`` empty = one stage of ``max_epochs``).
 
         Every call trains into a run directory (see :mod:`cuvis_graph.runs`):
         ``run_dir`` when given, else a new ``<runs_root or config.run.root>/<graph name>/<stamp>/``;
@@ -233,82 +228,17 @@ class Graph:
         ``callbacks``: extra Lightning callbacks; one that raises is reported and skipped.
         ``pipeline_spec``: the resolved YAML pipeline, written to ``config.yaml``.
         """
+        from .training import check_stages, train_graph
+
         config = parse_config(TrainingConfig, config)
+        check_stages(self, config)
         quiet_lightning()
         if run_dir is False:
-            return self._train(datamodule, config, callbacks, refit, None)
+            return train_graph(self, datamodule, config, callbacks, refit, None)
         run = open_run(self.name, root=runs_root or config.run.root, run_dir=run_dir, resume=resume)
         with RunSession(run) as session:
             run.write_config(config.model_dump(mode="json"), pipeline_spec or pipeline_summary(self))
-            return self._train(datamodule, config, callbacks, refit, session)
-
-    def _train(self, datamodule: Any, config: TrainingConfig, callbacks: list[pl.Callback] | None, refit: bool,
-               session: RunSession | None) -> TrainResult:
-        run = session.run if session is not None else None
-        ckpt = run.resume_checkpoint if run is not None else None
-        pl.seed_everything(config.seed, workers=True, verbose=False)
-        if hasattr(datamodule, "prepare_data"):
-            datamodule.prepare_data()
-        if hasattr(datamodule, "setup"):
-            datamodule.setup("fit")
-        max_epochs = config.trainer.max_epochs
-        plan = self.compile(datamodule, for_training=max_epochs > 0)
-        self.data_spec = _data_spec(datamodule)
-        device = _init_device(config.trainer.accelerator)
-        monitors = list(self._monitors)
-        if run is not None:
-            monitors.insert(0, FileMonitor(run.path, name="run_files"))
-        hub = MonitorHub(monitors)
-        module = GraphModule(plan, config.optimizer, config.scheduler, hub, max_epochs=max_epochs)
-        if run is not None:
-            session.hub = hub
-            hub.attach_run(run.path)
-        if ckpt is not None:  # fitted statistics come from the checkpoint: fitting below skips fitted nodes
-            state = load_checkpoint(ckpt)
-            module.load_state_dict(state["state_dict"])
-            run.trim_metrics(int(state.get("global_step", 0)))
-        for step in plan.steps:
-            step.node.to(device)
-        loader = getattr(datamodule, "statistics_dataloader", datamodule.train_dataloader)
-        fit = fit_statistics(plan, loader, device=device, refit=refit and ckpt is None,
-                             progress=config.trainer.enable_progress_bar)
-        for step in plan.steps:
-            step.node.prepare_for_train()
-        has_val = _has_batches(datamodule, "val_dataloader") and bool(module.metric_bindings or module.loss_bindings
-                                                                      or module.vis_bindings)
-        cbs = build_callbacks(config, hub, run.checkpoint_dir if run is not None else None,
-                              has_val=has_val, has_loss=bool(module.loss_bindings))
-        cbs += [SafeCallback(c, hub) for c in callbacks or []]
-        checkpoint = next((c for c in cbs if isinstance(c, ModelCheckpoint)), None)
-        kwargs = config.trainer.trainer_kwargs()
-        root = str(run.path / "lightning") if run is not None else "runs/lightning"
-        trainer = pl.Trainer(**kwargs, logger=MonitorLogger(hub), callbacks=cbs, plugins=[AtomicCheckpointIO()],
-                             enable_checkpointing=checkpoint is not None, enable_model_summary=False,
-                             default_root_dir=root)
-        initial: dict[str, float] = dict(run.record.get("initial_metrics") or {}) if ckpt is not None else {}
-        try:
-            if has_val and ckpt is None:
-                validate = pl.Trainer(**{**kwargs, "max_epochs": max(max_epochs, 1)}, logger=MonitorLogger(hub),
-                                      enable_checkpointing=False, enable_model_summary=False, default_root_dir=root)
-                initial = _floats(validate.validate(module, datamodule=datamodule, verbose=False)[0])
-                if run is not None:
-                    run.record["initial_metrics"] = initial
-                    run.save()
-            if max_epochs > 0:
-                with warnings.catch_warnings():
-                    if ckpt is not None:  # resuming writes into the run's own checkpoint folder on purpose
-                        warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty")
-                    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
-        finally:
-            hub.close()
-        metrics = _floats(trainer.callback_metrics) if max_epochs > 0 else dict(initial)
-        for step in plan.steps:
-            step.node.eval()
-        if session is not None:
-            session.finish(metrics, initial, best=_best(checkpoint, run.path), fit_passes=fit.passes,
-                           epochs=trainer.current_epoch, global_step=trainer.global_step)
-        return TrainResult(metrics=metrics, fit=fit, initial_metrics=initial, trainer=trainer, module=module,
-                           failures=list(hub.failures), run_dir=run.path if run is not None else None)
+            return train_graph(self, datamodule, config, callbacks, refit, session)
 
     # -- save / load / export (see cuvis_graph.saving, cuvis_graph.export) ---------------------
     def save(self, path: str | os.PathLike) -> Any:
@@ -391,41 +321,3 @@ def _data_spec(datamodule: Any) -> DataSpec | None:
     if hasattr(datamodule, "data_spec"):
         return datamodule.data_spec()
     raise TypeError(f"expected a GraphDataModule or DataSpec, got {type(datamodule).__name__}")
-
-
-def _init_device(accelerator: str) -> torch.device:
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def _has_batches(datamodule: Any, method: str) -> bool:
-    fn = getattr(datamodule, method, None)
-    if fn is None:
-        return False
-    try:
-        loader = fn()
-    except Exception:  # noqa: BLE001 - no loader of that kind
-        return False
-    try:
-        return len(loader) > 0
-    except TypeError:
-        return True
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """A Lightning checkpoint, loaded with ``weights_only=True`` on the CPU."""
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _best(checkpoint: ModelCheckpoint | None, run_path: Any) -> dict[str, Any] | None:
-    if checkpoint is None or not checkpoint.best_model_path:
-        return None
-    score = checkpoint.best_model_score
-    path = os.path.relpath(checkpoint.best_model_path, run_path)
-    return {"monitor": checkpoint.monitor, "mode": checkpoint.mode, "checkpoint": path,
-            "score": float(score) if score is not None and math.isfinite(float(score)) else None}
-
-
-def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items()}

@@ -7,7 +7,11 @@
   (e.g. temperature annealing);
 * metrics: torchmetrics states per stage, logged at epoch end as ``<stage>/<leaf>/<name>``;
 * visualizations: first validation batch of every ``log_frequency``-th epoch, rank 0,
-  never during the sanity check, sent to the monitors; a failing one is disabled.
+  never during the sanity check, sent to the monitors; a failing one is disabled. The
+  validation before training logs its figures under stage ``initial``;
+* stages: ``loss_weights`` picks the active losses (``None`` weight = the leaf's own),
+  ``frozen`` nodes run in eval mode (no noise, fixed masks), ``epoch_offset`` continues
+  epoch numbering across stages.
 """
 
 from __future__ import annotations
@@ -72,6 +76,9 @@ class GraphModule(pl.LightningModule):
         scheduler: SchedulerConfig | None = None,
         hub: MonitorHub | None = None,
         max_epochs: int = 1,
+        loss_weights: Mapping[str, float | None] | None = None,
+        frozen: set[str] | frozenset[str] = frozenset(),
+        epoch_offset: int = 0,
     ) -> None:
         super().__init__()
         self.plan = plan
@@ -82,7 +89,12 @@ class GraphModule(pl.LightningModule):
         self.hub = hub or MonitorHub()
         self.graph_nodes = nn.ModuleDict({s.name: s.node for s in plan.steps})
         self.graph_leaves = nn.ModuleDict({b.name: b.leaf for b in plan.leaves})
-        self.loss_bindings = [b for b in plan.leaves if isinstance(b.leaf, LossNode)]
+        self.loss_bindings = [b for b in plan.leaves if isinstance(b.leaf, LossNode)
+                              and (loss_weights is None or b.name in loss_weights)]
+        self.loss_weights = {b.name: float(b.leaf.weight if loss_weights is None or loss_weights[b.name] is None
+                                           else loss_weights[b.name]) for b in self.loss_bindings}
+        self.frozen = frozenset(frozen)
+        self.epoch_offset = epoch_offset
         self.metric_bindings = [b for b in plan.leaves if isinstance(b.leaf, MetricNode)]
         self.vis_bindings = [b for b in plan.leaves if isinstance(b.leaf, VisualizationNode)]
         self.stage_metrics = nn.ModuleDict({
@@ -107,7 +119,7 @@ class GraphModule(pl.LightningModule):
         bs = self._batch_size(batch)
         for b in self.loss_bindings:
             output, leaf_batch = self.executor.leaf_inputs(b, batch, outputs)
-            value = b.leaf.weight * b.leaf.compute_loss(output, leaf_batch)
+            value = self.loss_weights[b.name] * b.leaf.compute_loss(output, leaf_batch)
             self.log(f"{stage}/loss/{b.name}", value, on_step=False, on_epoch=True, batch_size=bs)
             for part, part_value in (getattr(b.leaf, "last_components", None) or {}).items():
                 self.log(f"{stage}/loss/{b.name}/{part}", part_value, on_step=False, on_epoch=True, batch_size=bs)
@@ -151,12 +163,18 @@ class GraphModule(pl.LightningModule):
         # Lightning >= 2.2 keeps each module's mode; nodes left in eval mode by an earlier
         # train/predict would otherwise train in eval mode (hard masks, no Gumbel noise).
         self.train()
+        self._freeze_modes()
+
+    def _freeze_modes(self) -> None:
+        for name in self.frozen:
+            self.graph_nodes[name].eval()
 
     def on_train_epoch_start(self) -> None:
+        self._freeze_modes()
         for step in self.plan.steps:
             hook = getattr(step.node, "on_epoch_start", None)
-            if hook is not None:
-                hook(self.current_epoch)
+            if hook is not None and step.name not in self.frozen:
+                hook(self.epoch_offset + self.current_epoch)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
@@ -175,7 +193,8 @@ class GraphModule(pl.LightningModule):
             return
         import matplotlib.pyplot as plt
 
-        epoch = self.current_epoch
+        fitting = trainer.state.fn is not None and trainer.state.fn.value == "fit"
+        epoch, stage = self.epoch_offset + self.current_epoch, "val" if fitting else "initial"
         cpu_batch = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         for b in self.vis_bindings:
             if b.name in self.disabled_visualizations or not b.leaf.should_run(epoch):
@@ -188,7 +207,7 @@ class GraphModule(pl.LightningModule):
                 self.hub.record_failure(b.name, "visualization", exc)
                 continue
             for fig_name, fig in figures.items():
-                self.hub.log_artifact(fig, f"{b.name}/{fig_name}", epoch, "val")
+                self.hub.log_artifact(fig, f"{b.name}/{fig_name}", epoch, stage)
                 plt.close(fig)
 
     # -- optimisation ------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -88,11 +89,13 @@ class Plan:
         used = {p for ps in self.parents.values() for p in ps}
         return [s.name for s in self.steps if s.name not in used]
 
-    def statistical_levels(self, refit: bool = False) -> list[list[str]]:
+    def statistical_levels(self, refit: bool | Iterable[str] = False) -> list[list[str]]:
         """Nodes to fit grouped by statistical depth: a node's level is 1 + the highest
         level among its statistical ancestors that still need fitting (fitted ones count 0).
-        One data pass fits one level."""
-        todo = {s.name for s in self.steps if s.node.statistical and (refit or not s.node.is_fitted)}
+        One data pass fits one level. ``refit``: fit fitted nodes again (all, or those named)."""
+        again = None if isinstance(refit, bool) else set(refit)
+        todo = {s.name for s in self.steps if s.node.statistical
+                and (not s.node.is_fitted or (refit is True) or (again is not None and s.name in again))}
         level: dict[str, int] = {}
         for s in self.steps:  # topological order
             if s.name in todo:

@@ -28,6 +28,7 @@ class TrainResult:
         module: the compiled LightningModule.
         failures: side effects (monitors, visualizations, callbacks) that failed and were disabled.
         run_dir: the run directory (``None`` with ``run_dir=False``).
+        stages: per completed stage: steps, epochs, losses, trainable nodes, final metrics.
     """
 
     metrics: dict[str, float]
@@ -37,3 +38,4 @@ class TrainResult:
     module: GraphModule | None = None
     failures: list[dict[str, Any]] = field(default_factory=list)
     run_dir: Path | None = None
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -175,13 +175,18 @@ def _safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "graph"
 
 
+def _resumable(path: Path) -> bool:
+    """A run with something to continue from: ``last.ckpt`` or a ``stage_state.json``."""
+    return (path / "checkpoints" / "last.ckpt").is_file() or (path / "stage_state.json").is_file()
+
+
 def find_latest_run(root: str | os.PathLike, pipeline: str, with_checkpoint: bool = True) -> Path | None:
-    """Newest run directory of ``pipeline`` under ``root`` (with ``last.ckpt`` if asked)."""
+    """Newest run directory of ``pipeline`` under ``root`` (a resumable one if asked)."""
     base = Path(root) / _safe_name(pipeline)
     if not base.is_dir():
         return None
     for path in sorted((p for p in base.iterdir() if p.is_dir()), key=lambda p: p.name, reverse=True):
-        if not with_checkpoint or (path / "checkpoints" / "last.ckpt").is_file():
+        if not with_checkpoint or _resumable(path):
             return path
     return None
 
@@ -190,10 +195,13 @@ def find_latest_run(root: str | os.PathLike, pipeline: str, with_checkpoint: boo
 class Run:
     """One run directory and its ``run.json`` record."""
 
-    def __init__(self, path: Path, pipeline: str, resume_checkpoint: Path | None = None) -> None:
+    def __init__(self, path: Path, pipeline: str, resume_checkpoint: Path | None = None,
+                 resuming: bool | None = None) -> None:
         self.path = Path(path).absolute()
         self.pipeline = pipeline
         self.resume_checkpoint = resume_checkpoint
+        #: whether this attempt continues earlier progress (a checkpoint or stage state)
+        self.resuming = resume_checkpoint is not None if resuming is None else resuming
         self.lock = RunLock(self.path)
         existing = self.path / "run.json"
         self.record: dict[str, Any] = read_run_json(self.path) if existing.is_file() else {
@@ -293,7 +301,8 @@ def open_run(pipeline: str, *, root: str | os.PathLike = "runs", run_dir: str | 
              resume: str | os.PathLike | None = None) -> Run:
     """The run to train into.
 
-    * ``resume="auto"``: newest run of ``pipeline`` under ``root`` with ``last.ckpt``;
+    * ``resume="auto"``: newest run of ``pipeline`` under ``root`` with ``last.ckpt`` or
+      ``stage_state.json`` (staged training: see :mod:`cuvis_graph.training`);
     * ``resume=<dir>``: that run directory; ``resume=<file.ckpt>``: that checkpoint (its
       run directory is ``<file>/../..``);
     * otherwise ``run_dir`` (created if needed) or a new ``<root>/<pipeline>/<stamp>/``.
@@ -311,9 +320,9 @@ def open_run(pipeline: str, *, root: str | os.PathLike = "runs", run_dir: str | 
                 ckpt, target = target, target.parent.parent
         if target is not None:
             ckpt = ckpt or target / "checkpoints" / "last.ckpt"
-            if ckpt.is_file():
-                log.warning("resuming run %s from %s", target, ckpt)
-                return Run(target, pipeline, resume_checkpoint=ckpt)
+            if ckpt.is_file() or (target / "stage_state.json").is_file():
+                log.warning("resuming run %s from %s", target, ckpt if ckpt.is_file() else "its stage state")
+                return Run(target, pipeline, resume_checkpoint=ckpt if ckpt.is_file() else None, resuming=True)
         log.warning("resume=%s: no checkpoint found (%s); starting a fresh run", resume, ckpt or root / pipeline)
         if target is not None and str(resume) != "auto":
             run_dir = target

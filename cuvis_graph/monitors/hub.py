@@ -70,11 +70,13 @@ class MonitorLogger(Logger):
     """Lightning logger that routes ``self.log`` values to a :class:`MonitorHub`.
 
     Keys ``"<stage>/..."`` are grouped by stage (``train``, ``val``, ``test``...); keys
-    without a stage ride along, or go to ``train`` when they come alone."""
+    without a stage ride along, or go to ``train`` when they come alone. ``step_offset`` is
+    added to Lightning's step (training stages continue one step axis)."""
 
-    def __init__(self, hub: MonitorHub) -> None:
+    def __init__(self, hub: MonitorHub, step_offset: int = 0) -> None:
         super().__init__()
         self.hub = hub
+        self.step_offset = step_offset
 
     @property
     def name(self) -> str:
@@ -98,7 +100,7 @@ class MonitorLogger(Logger):
         if not groups and any(k != "epoch" for k in extras):
             groups["train"] = {}  # stage-less values (e.g. ``lr-Adam`` of the LR monitor)
         for stage, values in groups.items():
-            self.hub.log_metrics({**values, **extras}, int(step or 0), stage)
+            self.hub.log_metrics({**values, **extras}, self.step_offset + int(step or 0), stage)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

@@ -1,0 +1,321 @@
+"""The training lifecycle behind ``graph.train``: statistical init, then the stages.
+
+::
+
+    compile (graph + stages checked before any data)
+      -> statistical init of unfitted nodes (one pass per statistical level)
+      -> one validation (``initial_metrics``)
+      -> for each stage: seed + index; freeze / unfreeze; refit named statistical nodes;
+         Lightning fit for ``max_epochs``; ``checkpoints/<stage>/final.ckpt``
+      -> ``stage_state.json`` at every transition
+
+Without ``training.stages`` there is one stage, ``train``, with ``trainer.max_epochs``
+epochs, every node as built and every loss, checkpointing into ``checkpoints/``.
+
+In a stage, ``trainable`` nodes get gradients and every other node is frozen: its
+parameters are left out of the optimizer and it runs in eval mode (no Gumbel noise, no
+hard/soft switching mid-stage), so its weights end the stage bit-identical.
+
+Resume (``resume="auto"`` or a run directory): completed stages are skipped; the
+current stage continues from its ``last.ckpt`` (weights, optimizer, epoch, RNG states),
+or, when it had not written one yet, starts over from the previous stage's
+``final.ckpt``. Each stage seeds ``seed + index`` at its start, so either way the run
+ends as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from .callbacks import AtomicCheckpointIO, SafeCallback, build_callbacks
+from .config import StageConfig, TrainingConfig
+from .errors import ConfigError, did_you_mean
+from .fitting import fit_statistics
+from .leaves import LossNode
+from .lightning import GraphModule
+from .monitors.file import FileMonitor
+from .monitors.hub import MonitorHub, MonitorLogger
+from .plan import Plan
+from .results import TrainResult
+from .stage_state import StageState
+
+if TYPE_CHECKING:
+    from .graph import Graph
+    from .runs import RunSession
+
+__all__ = ["train_graph", "check_stages", "load_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+
+# -- checks before any data ----------------------------------------------------------------
+def check_stages(graph: Graph, config: TrainingConfig) -> None:
+    """Every node / leaf a stage names exists and has the right kind; raise one
+    :class:`ConfigError` listing all problems (``training.stages.1.trainable: ...``)."""
+    nodes, leaves = graph.nodes, graph.leaves
+    losses = [n for n, leaf in leaves.items() if isinstance(leaf, LossNode)]
+    problems: list[str] = []
+    for i, stage in enumerate(config.stages):
+        where = f"training.stages.{i} ('{stage.name}')"
+        for field in ("trainable", "frozen"):
+            for name in getattr(stage, field) or []:
+                if name not in nodes:
+                    problems.append(f"{where}.{field}: no node '{name}' in graph '{graph.name}'"
+                                    f"{did_you_mean(name, nodes)}")
+        for name in [] if stage.refit == "all" else stage.refit:
+            if name not in nodes:
+                problems.append(f"{where}.refit: no node '{name}' in graph '{graph.name}'{did_you_mean(name, nodes)}")
+            elif not nodes[name].statistical:
+                problems.append(f"{where}.refit: node '{name}' ({type(nodes[name]).__name__}) has no statistics "
+                                "to fit")
+        for name in stage.loss_weights() or {}:
+            if name in leaves and name not in losses:
+                problems.append(f"{where}.losses: leaf '{name}' is a {type(leaves[name]).__name__}, not a loss")
+            elif name not in leaves:
+                problems.append(f"{where}.losses: no loss leaf '{name}' in graph '{graph.name}'"
+                                f"{did_you_mean(name, losses)}")
+        if stage.max_epochs > 0 and not (losses if stage.losses is None else stage.loss_weights()):
+            problems.append(f"{where}: a gradient stage (max_epochs={stage.max_epochs}) needs at least one loss")
+    if problems:
+        head = "1 problem" if len(problems) == 1 else f"{len(problems)} problems"
+        raise ConfigError(f"graph '{graph.name}': {head} in training.stages\n"
+                          + "\n".join(f"  {k}. {p}" for k, p in enumerate(problems, 1)))
+
+
+# -- trainability --------------------------------------------------------------------------
+class Trainability:
+    """Which nodes train in a stage; remembers the graph's own settings to restore them."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.saved = {s.name: (s.node._frozen, {n: p.requires_grad for n, p in s.node.named_parameters()})
+                      for s in plan.steps}
+
+    def restore(self) -> None:
+        """The graph as built: each node's own frozen flag and parameter settings."""
+        for s in self.plan.steps:
+            frozen, grads = self.saved[s.name]
+            s.node._frozen = frozen
+            for n, p in s.node.named_parameters():
+                p.requires_grad_(grads.get(n, not frozen))
+
+    def apply(self, stage: StageConfig) -> frozenset[str]:
+        """Freeze / unfreeze for ``stage``; returns the frozen node names."""
+        self.restore()
+        if stage.trainable is not None:
+            frozen = {s.name for s in self.plan.steps if s.name not in stage.trainable}
+            for s in self.plan.steps:
+                if s.name not in frozen:
+                    s.node.unfreeze()
+        else:
+            frozen = set(stage.frozen or [])
+        for name in frozen:
+            self.plan.step(name).node.freeze()
+        return frozenset(frozen)
+
+
+# -- the lifecycle -------------------------------------------------------------------------
+def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks: list[pl.Callback] | None,
+                refit: bool, session: RunSession | None) -> TrainResult:
+    """Run the lifecycle above (``session``: the run directory, or ``None`` for none)."""
+    run = session.run if session is not None else None
+    stages = config.resolved_stages()
+    state = StageState.load(run.path, [s.name for s in stages]) if run is not None and run.resuming \
+        else StageState(run.path if run is not None else None, [s.name for s in stages])
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    if hasattr(datamodule, "prepare_data"):
+        datamodule.prepare_data()
+    if hasattr(datamodule, "setup"):
+        datamodule.setup("fit")
+    plan = graph.compile(datamodule, for_training=config.trains)
+    graph.data_spec = datamodule.data_spec() if hasattr(datamodule, "data_spec") else None
+    device = _init_device(config.trainer.accelerator)
+    monitors = list(graph.monitors)
+    if run is not None:
+        monitors.insert(0, FileMonitor(run.path, name="run_files"))
+    hub = MonitorHub(monitors)
+    if run is not None:
+        session.hub = hub
+        hub.attach_run(run.path)
+    module = GraphModule(plan, config.optimizer, config.scheduler, hub, max_epochs=config.trainer.max_epochs)
+
+    restore = _restore_point(run, state, config, stages)
+    if restore is not None:  # fitted statistics come from the checkpoint: fitting below skips fitted nodes
+        module.load_state_dict(load_checkpoint(restore)["state_dict"])
+    for step in plan.steps:
+        step.node.to(device)
+    loader = getattr(datamodule, "statistics_dataloader", datamodule.train_dataloader)
+    progress = config.trainer.enable_progress_bar
+    fit = fit_statistics(plan, loader, device=device, refit=refit and restore is None, progress=progress)
+    if restore is None:
+        state.record_statistics(fit.passes, fit.levels, fit.batches)
+    for step in plan.steps:
+        step.node.prepare_for_train()
+    has_val = _has_batches(datamodule, "val_dataloader") and bool(module.metric_bindings or module.loss_bindings
+                                                                  or module.vis_bindings)
+    kwargs = config.trainer.trainer_kwargs()
+    root = str(run.path / "lightning") if run is not None else "runs/lightning"
+    trainability = Trainability(plan)
+    initial: dict[str, float] = dict(run.record.get("initial_metrics") or {}) if restore is not None else {}
+    metrics, best, trainer = dict(initial), None, None
+    try:
+        if has_val and restore is None:
+            validate = pl.Trainer(**{**kwargs, "max_epochs": 1}, logger=MonitorLogger(hub),
+                                  enable_checkpointing=False, enable_model_summary=False, default_root_dir=root)
+            initial = _floats(validate.validate(module, datamodule=datamodule, verbose=False)[0])
+            metrics = dict(initial)
+            if run is not None:
+                run.record["initial_metrics"] = initial
+                run.save()
+        for index, stage in enumerate(stages):
+            if config.stages and stage.name in state.completed:
+                continue  # (the single default stage always runs: resuming may extend max_epochs)
+            ckpt_dir = None if run is None else (run.checkpoint_dir if not config.stages
+                                                 else run.checkpoint_dir / stage.name)
+            resume_ckpt = _stage_resume_checkpoint(run, state, stage, ckpt_dir, config)
+            step_offset, epoch_offset = state.offsets()
+            frozen = trainability.apply(stage)
+            if resume_ckpt is None:
+                pl.seed_everything(config.seed + index, workers=True, verbose=False)
+                names = _refit_names(plan, stage)
+                if names:
+                    for s in plan.steps:  # the data as this stage's training sees it
+                        s.node.train(s.name not in frozen)
+                    fit_statistics(plan, loader, device=device, refit=names, progress=progress)
+                    for name in names:
+                        plan.step(name).node.prepare_for_train()
+                    frozen = trainability.apply(stage)  # refitting may have created parameters
+                state.start(stage.name, step_offset, epoch_offset, trainable=_trainable(plan, frozen),
+                            refit=names, losses=None)
+            elif run is not None:
+                run.trim_metrics(step_offset + int(load_checkpoint(resume_ckpt).get("global_step", 0)))
+            stage_module = GraphModule(plan, stage.optimizer or config.optimizer, stage.scheduler or config.scheduler,
+                                       hub, max_epochs=stage.max_epochs, loss_weights=stage.loss_weights(),
+                                       frozen=frozen, epoch_offset=epoch_offset)
+            stage_module.disabled_visualizations = module.disabled_visualizations  # a failure stays disabled
+            state.info(stage.name)["losses"] = dict(stage_module.loss_weights)
+            steps = epochs = 0
+            if stage.max_epochs > 0:
+                if config.stages and not any(p.requires_grad for p in stage_module.parameters()):
+                    raise ConfigError(f"training.stages.{index} ('{stage.name}'): no node has trainable parameters "
+                                      f"(frozen: {sorted(frozen)})")
+                cbs = build_callbacks(config, hub, ckpt_dir, has_val=has_val,
+                                      has_loss=bool(stage_module.loss_bindings), step_offset=step_offset)
+                cbs += [SafeCallback(c, hub) for c in callbacks or []]
+                checkpoint = next((c for c in cbs if isinstance(c, ModelCheckpoint)), None)
+                trainer = pl.Trainer(**{**kwargs, "max_epochs": stage.max_epochs},
+                                     logger=MonitorLogger(hub, step_offset), callbacks=cbs,
+                                     plugins=[AtomicCheckpointIO()], enable_checkpointing=checkpoint is not None,
+                                     enable_model_summary=False, default_root_dir=root)
+                with warnings.catch_warnings():
+                    if resume_ckpt is not None:  # resuming writes into the run's own checkpoint folder on purpose
+                        warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty")
+                    trainer.fit(stage_module, datamodule=datamodule, ckpt_path=resume_ckpt, weights_only=True)
+                steps, epochs = trainer.global_step, trainer.current_epoch
+                metrics = _floats(trainer.callback_metrics)
+                best = _best(checkpoint, run.path) if run is not None else None
+            final = None
+            if ckpt_dir is not None and not config.stages:
+                last = ckpt_dir / "last.ckpt"
+                final = os.path.relpath(last, run.path) if last.is_file() else None
+            elif ckpt_dir is not None:
+                final_path = ckpt_dir / "final.ckpt"
+                AtomicCheckpointIO().save_checkpoint({"state_dict": stage_module.state_dict(), "global_step": steps,
+                                                      "stage": stage.name}, final_path)
+                final = os.path.relpath(final_path, run.path)
+            state.complete(stage.name, steps=steps, epochs=epochs, checkpoint=final, best=best, metrics=metrics)
+    finally:
+        hub.close()
+        trainability.restore()
+        for step in plan.steps:
+            step.node.eval()
+    steps_total, epochs_total = state.offsets()
+    if session is not None:
+        session.finish(metrics, initial, best=best, fit_passes=fit.passes, epochs=epochs_total,
+                       global_step=steps_total, completed_stages=state.completed)
+    return TrainResult(metrics=metrics, fit=fit, initial_metrics=initial, trainer=trainer,
+                       module=trainer.lightning_module if trainer is not None else module,
+                       failures=list(hub.failures), run_dir=run.path if run is not None else None,
+                       stages={n: dict(state.info(n)) for n in state.completed})
+
+
+def _restore_point(run: Any, state: StageState, config: TrainingConfig, stages: list[StageConfig]) -> Any:
+    """The checkpoint whose weights a resumed run starts from (``None``: a fresh start)."""
+    if run is None or not run.resuming:
+        return None
+    if not config.stages:
+        return run.resume_checkpoint
+    current = state.current
+    if current is not None and (run.checkpoint_dir / current / "last.ckpt").is_file():
+        return run.checkpoint_dir / current / "last.ckpt"
+    final = state.last_final_checkpoint()
+    return run.path / final if final else None
+
+
+def _stage_resume_checkpoint(run: Any, state: StageState, stage: StageConfig, ckpt_dir: Any,
+                             config: TrainingConfig) -> Any:
+    """The ``last.ckpt`` a resumed run continues ``stage`` from, if it had started it."""
+    if run is None or not run.resuming or state.current != stage.name and config.stages:
+        return None
+    if not config.stages:
+        return run.resume_checkpoint
+    last = ckpt_dir / "last.ckpt"
+    return last if last.is_file() else None
+
+
+def _refit_names(plan: Plan, stage: StageConfig) -> list[str]:
+    if stage.refit == "all":
+        return [s.name for s in plan.steps if s.node.statistical]
+    return list(stage.refit)
+
+
+def _trainable(plan: Plan, frozen: frozenset[str]) -> list[str]:
+    return [s.name for s in plan.steps if s.name not in frozen and any(p.requires_grad for p in s.node.parameters())]
+
+
+# -- helpers -------------------------------------------------------------------------------
+def _init_device(accelerator: str) -> torch.device:
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _has_batches(datamodule: Any, method: str) -> bool:
+    fn = getattr(datamodule, method, None)
+    if fn is None:
+        return False
+    try:
+        loader = fn()
+    except Exception:  # noqa: BLE001 - no loader of that kind
+        return False
+    try:
+        return len(loader) > 0
+    except TypeError:
+        return True
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A Lightning checkpoint, loaded with ``weights_only=True`` on the CPU."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _best(checkpoint: ModelCheckpoint | None, run_path: Any) -> dict[str, Any] | None:
+    if checkpoint is None or not checkpoint.best_model_path:
+        return None
+    score = checkpoint.best_model_score
+    path = os.path.relpath(checkpoint.best_model_path, run_path)
+    return {"monitor": checkpoint.monitor, "mode": checkpoint.mode, "checkpoint": path,
+            "score": float(score) if score is not None and math.isfinite(float(score)) else None}
+
+
+def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
