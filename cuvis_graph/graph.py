@@ -308,7 +308,8 @@ def quiet_lightning() -> None:
     os.environ.setdefault("POSSIBLE_USER_WARNINGS", "off")
     for pattern in (".*does not have many workers.*", ".*overridden `transfer_batch_to_device`.*",
                     ".*smaller than the logging interval.*", ".*LeafSpec.*is deprecated.*",
-                    ".*GPU available but not used.*", ".*`training_step` returned `None`.*"):
+                    ".*GPU available but not used.*", ".*`training_step` returned `None`.*",
+                    ".*module\\(s\\) in eval mode at the start of training.*"):
         warnings.filterwarnings("ignore", message=pattern)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
                  "lightning.fabric.utilities.rank_zero"):

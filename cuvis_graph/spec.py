@@ -779,10 +779,15 @@ def build_pipeline(config: Mapping[str, Any], source: str = "<pipeline>", allow_
         graph.register_monitor(monitor)
     datamodule = objects.get(("data", ""))
     if check:
+        from .training import stage_problems
+
+        problems = stage_problems(graph, spec.training)
         try:
-            graph.compile(datamodule, for_training=spec.training.trainer.max_epochs > 0)
+            graph.compile(datamodule, for_training=spec.training.trains)
         except CompileError as exc:
-            raise SpecError(source, exc.problems) from None
+            problems = list(exc.problems) + problems
+        if problems:
+            raise SpecError(source, problems) from None
     resolved: dict[str, Any] = {"name": spec.name}
     resolved.update((k, config[k]) for k in ("nodes", "leaves", "monitors") if config.get(k))
     resolved["data"] = {"type": spec.data.type_name, "params": dict(spec.data.params)}

@@ -38,7 +38,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from .callbacks import AtomicCheckpointIO, SafeCallback, build_callbacks
 from .config import StageConfig, TrainingConfig
-from .errors import ConfigError, did_you_mean
+from .errors import ConfigError, Problem, did_you_mean
 from .fitting import fit_statistics
 from .leaves import LossNode
 from .lightning import GraphModule
@@ -52,39 +52,46 @@ if TYPE_CHECKING:
     from .graph import Graph
     from .runs import RunSession
 
-__all__ = ["train_graph", "check_stages", "load_checkpoint"]
+__all__ = ["train_graph", "check_stages", "stage_problems", "load_checkpoint"]
 
 log = logging.getLogger(__name__)
 
 
 # -- checks before any data ----------------------------------------------------------------
-def check_stages(graph: Graph, config: TrainingConfig) -> None:
-    """Every node / leaf a stage names exists and has the right kind; raise one
-    :class:`ConfigError` listing all problems (``training.stages.1.trainable: ...``)."""
+def stage_problems(graph: Graph, config: TrainingConfig) -> list[Problem]:
+    """Every node / leaf a stage names must exist and have the right kind."""
     nodes, leaves = graph.nodes, graph.leaves
     losses = [n for n, leaf in leaves.items() if isinstance(leaf, LossNode)]
-    problems: list[str] = []
+    problems: list[Problem] = []
     for i, stage in enumerate(config.stages):
-        where = f"training.stages.{i} ('{stage.name}')"
+        at = f"training.stages.{i}"
         for field in ("trainable", "frozen"):
             for name in getattr(stage, field) or []:
                 if name not in nodes:
-                    problems.append(f"{where}.{field}: no node '{name}' in graph '{graph.name}'"
-                                    f"{did_you_mean(name, nodes)}")
+                    problems.append(Problem(f"{at}.{field}", f"no node '{name}' in graph '{graph.name}'"
+                                                             f"{did_you_mean(name, nodes)}"))
         for name in [] if stage.refit == "all" else stage.refit:
             if name not in nodes:
-                problems.append(f"{where}.refit: no node '{name}' in graph '{graph.name}'{did_you_mean(name, nodes)}")
+                problems.append(Problem(f"{at}.refit", f"no node '{name}' in graph '{graph.name}'"
+                                                       f"{did_you_mean(name, nodes)}"))
             elif not nodes[name].statistical:
-                problems.append(f"{where}.refit: node '{name}' ({type(nodes[name]).__name__}) has no statistics "
-                                "to fit")
+                problems.append(Problem(f"{at}.refit", f"node '{name}' ({type(nodes[name]).__name__}) has no "
+                                                       "statistics to fit"))
         for name in stage.loss_weights() or {}:
             if name in leaves and name not in losses:
-                problems.append(f"{where}.losses: leaf '{name}' is a {type(leaves[name]).__name__}, not a loss")
+                problems.append(Problem(f"{at}.losses", f"leaf '{name}' is a {type(leaves[name]).__name__}, "
+                                                        "not a loss"))
             elif name not in leaves:
-                problems.append(f"{where}.losses: no loss leaf '{name}' in graph '{graph.name}'"
-                                f"{did_you_mean(name, losses)}")
+                problems.append(Problem(f"{at}.losses", f"no loss leaf '{name}' in graph '{graph.name}'"
+                                                        f"{did_you_mean(name, losses)}"))
         if stage.max_epochs > 0 and not (losses if stage.losses is None else stage.loss_weights()):
-            problems.append(f"{where}: a gradient stage (max_epochs={stage.max_epochs}) needs at least one loss")
+            problems.append(Problem(at, f"stage '{stage.name}' trains {stage.max_epochs} epoch(s) but has no loss"))
+    return problems
+
+
+def check_stages(graph: Graph, config: TrainingConfig) -> None:
+    """Raise one :class:`ConfigError` listing every :func:`stage_problems` finding."""
+    problems = stage_problems(graph, config)
     if problems:
         head = "1 problem" if len(problems) == 1 else f"{len(problems)} problems"
         raise ConfigError(f"graph '{graph.name}': {head} in training.stages\n"
@@ -194,15 +201,15 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
                     for name in names:
                         plan.step(name).node.prepare_for_train()
                     frozen = trainability.apply(stage)  # refitting may have created parameters
-                state.start(stage.name, step_offset, epoch_offset, trainable=_trainable(plan, frozen),
-                            refit=names, losses=None)
+                state.start(stage.name, step_offset, epoch_offset, refit=names,
+                            trainable=_trainable(plan, frozen) if stage.max_epochs else [])
             elif run is not None:
                 run.trim_metrics(step_offset + int(load_checkpoint(resume_ckpt).get("global_step", 0)))
             stage_module = GraphModule(plan, stage.optimizer or config.optimizer, stage.scheduler or config.scheduler,
                                        hub, max_epochs=stage.max_epochs, loss_weights=stage.loss_weights(),
                                        frozen=frozen, epoch_offset=epoch_offset)
             stage_module.disabled_visualizations = module.disabled_visualizations  # a failure stays disabled
-            state.info(stage.name)["losses"] = dict(stage_module.loss_weights)
+            state.info(stage.name)["losses"] = dict(stage_module.loss_weights) if stage.max_epochs else {}
             steps = epochs = 0
             if stage.max_epochs > 0:
                 if config.stages and not any(p.requires_grad for p in stage_module.parameters()):

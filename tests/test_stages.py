@@ -1,0 +1,166 @@
+"""Declarative training stages (pipelines/selector_rx_staged.yaml: statistics -> selector
+only -> everything after a refit): frozen weights stay bit-identical, each stage trains
+with its declared losses, the refit sees the stage's data, and a run killed in stage 2
+resumes in stage 2 and ends equal to an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from stages_helpers import StageRecorder, staged_pipeline
+
+from cuvis_graph import Graph, TrainingConfig
+from cuvis_graph.errors import ConfigError
+from cuvis_graph.runs import read_run_json
+
+HERE = Path(__file__).parent
+NODES = {"norm", "selector", "rx", "head"}
+
+
+def _node_tensors(state: dict[str, torch.Tensor], node: str) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if k.split(".", 1)[0] == node}
+
+
+def _lines(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory):
+    pipeline = staged_pipeline()
+    recorder = StageRecorder()
+    run_dir = tmp_path_factory.mktemp("staged") / "run"
+    result = pipeline.graph.train(pipeline.datamodule, pipeline.training, callbacks=[recorder], run_dir=run_dir)
+    return pipeline, recorder, result, run_dir
+
+
+def test_only_declared_nodes_change_in_each_stage(staged):
+    _, recorder, result, _ = staged
+    selector_fit, finetune_fit = recorder.fits  # the statistics stage runs no Lightning fit
+    assert selector_fit["frozen"] == NODES - {"selector"}
+    assert finetune_fit["frozen"] == set()
+    for fit in recorder.fits:
+        for node in NODES:
+            before, after = _node_tensors(fit["before"], node), _node_tensors(fit["after"], node)
+            assert before.keys() == after.keys()
+            same = all(torch.equal(before[k], after[k]) for k in before)
+            if node in fit["frozen"]:
+                assert same, f"frozen node '{node}' changed: {[k for k in before if not torch.equal(before[k], after[k])]}"
+    changed = lambda fit, key: not torch.equal(fit["before"][key], fit["after"][key])  # noqa: E731
+    assert changed(selector_fit, "selector.logits")
+    assert changed(finetune_fit, "selector.logits") and changed(finetune_fit, "rx.factor_update")
+    assert changed(finetune_fit, "head.alpha")
+    assert result.stages["selector"]["trainable"] == ["selector"]
+    assert set(result.stages["finetune"]["trainable"]) == {"selector", "rx", "head"}
+
+
+def test_each_stage_trains_with_its_declared_losses(staged):
+    _, recorder, _, run_dir = staged
+    assert [fit["losses"] for fit in recorder.fits] == [{"bce": 1.0, "entropy": 0.05}, {"bce": 1.0}]
+    state = json.loads((run_dir / "stage_state.json").read_text())
+    assert state["completed_stages"] == ["statistics", "selector", "finetune"] and state["current_stage"] is None
+    info = state["stage_info"]
+    assert (info["selector"]["start_step"], info["finetune"]["start_step"]) == (0, info["selector"]["steps"])
+    declared = {"selector": {"train/loss/bce", "train/loss/entropy"}, "finetune": {"train/loss/bce"}}
+    for name, keys in declared.items():
+        start, steps = info[name]["start_step"], info[name]["steps"]
+        logged = {k for line in _lines(run_dir) if line["stage"] == "train" and start <= line["step"] < start + steps
+                  for k in line["metrics"] if k.startswith("train/loss/")}
+        assert logged == keys, name
+    assert [int(s) for s in sorted({line["step"] for line in _lines(run_dir)})] == \
+        sorted({line["step"] for line in _lines(run_dir)})  # one step axis across stages
+    for name in ("statistics", "selector", "finetune"):
+        assert (run_dir / info[name]["checkpoint"]).is_file()
+
+
+def test_refit_fits_rx_on_the_selection_the_stage_starts_with(staged):
+    pipeline, recorder, _, _ = staged
+    selector_fit, finetune_fit = recorder.fits
+    graph = Graph.from_yaml(pipeline.config)  # a twin with the weights at the end of stage 2
+    for name, node in graph.nodes.items():
+        node.load_state_dict({k.split(".", 1)[1]: v for k, v in selector_fit["after"].items()
+                              if k.split(".", 1)[0] == name})
+    dm = pipeline.datamodule
+    outputs = [graph.predict(batch["cube"], output="selector").double() for batch in dm.train_dataloader()]
+    pixels = np.concatenate([o.reshape(-1, o.shape[-1]).numpy() for o in outputs])
+    refit_mean = finetune_fit["before"]["rx.mean"].numpy()
+    np.testing.assert_allclose(refit_mean, pixels.mean(axis=0), rtol=1e-6, atol=1e-9)
+    assert not np.allclose(refit_mean, selector_fit["before"]["rx.mean"].numpy(), rtol=1e-6)
+    assert float(finetune_fit["before"]["rx.factor_update"].abs().max()) == 0.0  # trainable part starts at identity
+
+
+def test_stage_names_are_checked_before_a_run_directory_exists(tmp_path):
+    pipeline = staged_pipeline()
+    config = pipeline.training.model_copy(update={"stages": [
+        pipeline.training.stages[0].model_copy(update={"refit": ["rxx"]}),
+        pipeline.training.stages[1].model_copy(update={"trainable": ["selectr"], "losses": ["metrics"]})]})
+    with pytest.raises(ConfigError) as err:
+        pipeline.graph.train(pipeline.datamodule, config, runs_root=tmp_path)
+    text = str(err.value)
+    assert "3 problems" in text
+    assert "training.stages.0.refit: no node 'rxx'" in text and "did you mean 'rx'" in text
+    assert "training.stages.1.trainable: no node 'selectr'" in text
+    assert "training.stages.1.losses: leaf 'metrics' is a AnomalyDetectionMetrics, not a loss" in text
+    assert not any(tmp_path.iterdir())
+
+
+def test_stage_config_rejects_both_trainable_and_frozen():
+    with pytest.raises(ConfigError, match=r"training.stages.0: .*either 'trainable' or 'frozen'"):
+        from cuvis_graph.config import parse_config
+
+        parse_config(TrainingConfig, {"stages": [{"name": "a", "trainable": ["x"], "frozen": ["y"]}]})
+
+
+@pytest.mark.slow
+def test_kill_in_stage_2_resumes_in_stage_2_and_ends_equal(staged, tmp_path):
+    _, _, straight, run0 = staged
+    run_dir, marker = tmp_path / "run", tmp_path / "marker"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, str(HERE / "stages_child.py"), str(run_dir), str(marker)],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while not marker.exists():
+            assert child.poll() is None, child.stdout.read().decode()
+            assert time.time() < deadline, "child never reached stage 2, epoch 2"
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.wait(30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+    state = json.loads((run_dir / "stage_state.json").read_text())
+    assert state["completed_stages"] == ["statistics"] and state["current_stage"] == "selector"
+    assert torch.load(run_dir / "checkpoints" / "selector" / "last.ckpt", weights_only=True)["epoch"] == 0
+
+    pipeline = staged_pipeline()
+    recorder = StageRecorder()
+    result = pipeline.graph.train(pipeline.datamodule, pipeline.training, resume=run_dir, callbacks=[recorder])
+    assert result.fit.passes == 0  # statistics came from the checkpoint
+    assert len(recorder.fits) == 2 and recorder.fits[0]["frozen"] == NODES - {"selector"}  # stage 2 again
+    s0 = straight_graph_state(staged)
+    s1 = {f"{n}.{k}": v for n, node in pipeline.graph.nodes.items() for k, v in node.state_dict().items()}
+    assert s0.keys() == s1.keys()
+    for key in s0:
+        assert torch.equal(s0[key], s1[key]), (key, (s0[key].double() - s1[key].double()).abs().max())
+    assert result.metrics == straight.metrics
+    strip = lambda lines: [(d["stage"], d["step"], d["metrics"]) for d in lines]  # noqa: E731
+    assert strip(_lines(run_dir)) == strip(_lines(run0))
+    record = read_run_json(run_dir)
+    assert record["status"] == "completed" and [a["status"] for a in record["attempts"]] == ["running", "completed"]
+    print(f"\nstage-2 kill/resume: final val/loss straight={straight.metrics['val/loss']!r} "
+          f"resumed={result.metrics['val/loss']!r}; {len(s0)} tensors equal")
+
+
+def straight_graph_state(staged) -> dict[str, torch.Tensor]:
+    pipeline = staged[0]
+    return {f"{n}.{k}": v for n, node in pipeline.graph.nodes.items() for k, v in node.state_dict().items()}
