@@ -1,5 +1,6 @@
 """The built-in node catalog (``cuvis_graph.nodes``). Importing it registers every class."""
 
+from .bands import DropBands
 from .combine import ConcatChannels
 from .deciders import BinaryDecider, QuantileDecider
 from .heads import RXLogitHead
@@ -42,6 +43,7 @@ __all__ = [
     "QuantileDecider",
     "BinaryLabelMapper",
     "ConcatChannels",
+    "DropBands",
     "AnomalyBCEWithLogits",
     "OrthogonalityLoss",
     "MSEReconstructionLoss",

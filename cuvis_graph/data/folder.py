@@ -1,0 +1,338 @@
+"""Datamodule over the cube files of a folder (or a list of files), read lazily.
+
+Files (``.npy``, ``.npz``, ``.mat``, ENVI) are opened with :func:`~cuvis_graph.data.read_cube`
+and memory-mapped where the format allows, so only what a batch needs is read from disk.
+Files are split into train/val/test by a seeded permutation; the assignment can be saved
+to / reused from a ``splits.json`` so that runs see the same split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import ConfigError
+from ..plan import DataSpec
+from ..registry import register
+from .datamodule import GraphDataModule
+from .readers import HyperspectralCube, ReaderError, list_cubes, read_cube
+from .tiling import Edge, TiledDataset, make_loader
+
+__all__ = ["FileCubeDataset", "FolderDataModule", "split_files"]
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+class FileCubeDataset(Dataset):
+    """Scenes from cube files: items ``{"cube": [H,W,C] float32, "mask"?: [H,W] int64, "wavelengths"?: [C]}``.
+
+    Opened cubes are cached: memory-mapped ones always (they hold no data), loaded ones
+    (``.npz``, MATLAB v5) in a small LRU of ``max_loaded`` files. :meth:`read_region`
+    reads just a window (used by :class:`~cuvis_graph.data.tiling.TiledDataset`).
+
+    Args:
+        files: the cube files.
+        bands: channel indices kept from every file (``None``: all).
+        with_mask: put the file's ground truth in the items as ``mask``.
+        wavelengths: ``[C]`` (after ``bands``) put in every item, or ``None``.
+        read_kwargs: ``key``/``mask_key`` for :func:`read_cube`.
+    """
+
+    def __init__(self, files: Sequence[Path], bands: Sequence[int] | None = None, with_mask: bool = False,
+                 wavelengths: np.ndarray | None = None, max_loaded: int = 2, **read_kwargs: Any) -> None:
+        self.files = [Path(f) for f in files]
+        self.bands = None if bands is None else np.asarray(bands, dtype=np.int64)
+        self.with_mask = with_mask
+        self.wavelengths = None if wavelengths is None else torch.as_tensor(np.asarray(wavelengths),
+                                                                            dtype=torch.float32)
+        self.read_kwargs = read_kwargs
+        self.max_loaded = max_loaded
+        self._cache: OrderedDict[Path, HyperspectralCube] = OrderedDict()
+        self._shapes: dict[int, tuple[int, int]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # workers re-open files instead of pickling memmaps
+        state = dict(self.__dict__)
+        state["_cache"] = OrderedDict()
+        return state
+
+    def open(self, index: int) -> HyperspectralCube:
+        """The (cached) cube of file ``index``."""
+        path = self.files[index]
+        cube = self._cache.get(path)
+        if cube is None:
+            cube = read_cube(path, mmap=True, **self.read_kwargs)
+            self._cache[path] = cube
+            loaded = [p for p, c in self._cache.items() if not isinstance(c.data, np.memmap)]
+            for stale in loaded[:-self.max_loaded] if self.max_loaded > 0 else loaded:
+                del self._cache[stale]
+        else:
+            self._cache.move_to_end(path)
+        return cube
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def scene_shape(self, index: int) -> tuple[int, int]:
+        if index not in self._shapes:
+            h, w = self.open(index).data.shape[:2]
+            self._shapes[index] = (int(h), int(w))
+        return self._shapes[index]
+
+    def shapes(self) -> list[tuple[int, int]]:
+        return [self.scene_shape(i) for i in range(len(self))]
+
+    def read_region(self, index: int, rows: slice, cols: slice) -> dict[str, torch.Tensor]:
+        """Item ``index`` cut to ``[rows, cols]`` (only that window is read from a memmap)."""
+        cube = self.open(index)
+        window = cube.data[rows, cols]
+        window = window[..., self.bands] if self.bands is not None else window
+        item = {"cube": torch.from_numpy(np.array(window, dtype=np.float32, order="C"))}
+        if self.with_mask:
+            if cube.mask is None:
+                raise ReaderError(self.files[index], "has no ground-truth mask, but the datamodule declares 'mask'")
+            item["mask"] = torch.from_numpy(np.array(cube.mask[rows, cols], dtype=np.int64))
+        if self.wavelengths is not None:
+            item["wavelengths"] = self.wavelengths
+        return item
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.read_region(index, slice(None), slice(None))
+
+
+def split_files(names: Sequence[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[str]]:
+    """``{"train", "val", "test": sorted names}`` by a seeded permutation of the sorted names.
+
+    ``n_val = round(n * val_fraction)``, ``n_test = round(n * test_fraction)``, the rest trains.
+    """
+    names = sorted(names)
+    order = np.random.default_rng(seed).permutation(len(names))
+    n_val, n_test = round(len(names) * val_fraction), round(len(names) * test_fraction)
+    parts = {"val": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}
+    return {k: sorted(names[i] for i in parts[k]) for k in SPLITS}
+
+
+def _write_json_atomic(path: Path, content: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(content, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+@register
+class FolderDataModule(GraphDataModule):
+    """Every cube file of a folder (or a list of files), split into train/val/test by file.
+
+    Cubes are read lazily (memory-mapped where the format allows, see
+    :func:`~cuvis_graph.data.read_cube`); each batch holds ``cube [B,H,W,C]`` float32, plus
+    ``mask [B,H,W]`` when every file has ground truth and ``wavelengths [C]`` when known.
+    Scenes of different sizes are batched apart (never padded); with ``tile`` the scenes
+    are served as tiles (training on the ``tile``/``stride`` grid, statistics, validation and
+    test on the non-overlapping partition: see :mod:`cuvis_graph.data.tiling`).
+
+    **Split.** The sorted file names are permuted with ``seed``; ``round(n * val_fraction)``
+    go to val, ``round(n * test_fraction)`` to test, the rest to train. With ``splits_path``,
+    an existing file is reused as is (reproducible across runs even if files are added;
+    new files are left out with a warning), else the split is written there. Nothing is
+    ever written into the data folder unless ``splits_path`` points there.
+
+    Channels, mask availability and wavelengths are read from the files' headers (the
+    first access to :meth:`data_spec` or :meth:`setup`); every file must have the same
+    number of channels (after ``drop_bad_bands``).
+
+    Args:
+        folder: a folder (its cube files, see :func:`~cuvis_graph.data.list_cubes`) or a list of files.
+        val_fraction, test_fraction: fractions of the files for validation and test.
+        seed: seed of the split permutation.
+        splits_path: ``splits.json`` to reuse or write; ``None`` keeps the split in memory.
+        val_on_train: validate (and test) on the training files (single-scene anomaly detection).
+        key, mask_key: cube / ground-truth variable names (``.mat``/``.npz``).
+        drop_bad_bands: remove the bands flagged bad in the files (ENVI ``bbl``).
+        wavelengths: ``[C]`` nm, overriding the files' wavelengths.
+        recursive: also take files in sub-folders.
+        tile, stride, edge: serve tiles instead of whole scenes.
+        batch_size: scenes (or tiles) per batch.
+    """
+
+    def __init__(self, folder: str | os.PathLike | Sequence[str | os.PathLike], val_fraction: float = 0.0,
+                 test_fraction: float = 0.0, seed: int = 0, splits_path: str | os.PathLike | None = None,
+                 val_on_train: bool = False, key: str | None = None, mask_key: str | None = None,
+                 drop_bad_bands: bool = False, wavelengths: Sequence[float] | None = None, recursive: bool = False,
+                 tile: int | Sequence[int] | None = None, stride: int | Sequence[int] | None = None,
+                 edge: Edge = "shift", batch_size: int = 1, num_workers: int = 0) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers)
+        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"{name}: must be in [0, 1), got {value}")
+        if val_fraction + test_fraction >= 1.0:
+            raise ConfigError(f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}")
+        if isinstance(folder, str | os.PathLike):
+            self.root = Path(folder).expanduser()
+            if not self.root.is_dir():
+                raise ConfigError(f"folder: no such folder '{self.root}'")
+            files = list_cubes(self.root, recursive=recursive)
+            if not files:
+                raise ConfigError(f"folder: '{self.root}' holds no cube files (.npy, .npz, .mat, ENVI .hdr)")
+        else:
+            files = [Path(f).expanduser() for f in folder]
+            if not files:
+                raise ConfigError("folder: the list of files is empty")
+            missing = [str(f) for f in files if not f.is_file()]
+            if missing:
+                raise ConfigError(f"folder: no such file(s): {missing}")
+            self.root = Path(os.path.commonpath([f.resolve().parent for f in files]))
+            files = [f.resolve() for f in files]
+        self.files: list[Path] = files
+        self.val_fraction, self.test_fraction, self.seed = float(val_fraction), float(test_fraction), int(seed)
+        self.splits_path = None if splits_path is None else Path(splits_path).expanduser()
+        self.val_on_train = val_on_train
+        self.read_kwargs = {k: v for k, v in (("key", key), ("mask_key", mask_key)) if v is not None}
+        self.drop_bad_bands = drop_bad_bands
+        self.user_wavelengths = None if wavelengths is None else np.asarray(wavelengths, dtype=np.float64)
+        self.tile, self.stride, self.edge = tile, stride, edge
+        self.splits: dict[str, list[str]] = self._make_splits()
+        self.bands: np.ndarray | None = None
+        self.statistics_set: Dataset | None = None
+        self._scanned = False
+
+    # -- split ---------------------------------------------------------------------------
+    def _name(self, path: Path) -> str:
+        try:
+            return path.resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return str(path.resolve())
+
+    def _make_splits(self) -> dict[str, list[str]]:
+        names = [self._name(f) for f in self.files]
+        path = self.splits_path
+        if path is not None and path.is_file():
+            try:
+                saved = json.loads(path.read_text())
+                splits = {k: [str(n) for n in saved.get(k, [])] for k in SPLITS}
+            except (OSError, ValueError, AttributeError, TypeError) as exc:
+                raise ConfigError(f"splits_path: '{path}' is not a readable splits file ({exc})") from None
+            known = set(names)
+            unknown = [n for k in SPLITS for n in splits[k] if n not in known]
+            if unknown:
+                raise ConfigError(f"splits_path: '{path}' names files that are not in '{self.root}': {unknown[:5]}")
+            assigned = {n for k in SPLITS for n in splits[k]}
+            left_out = [n for n in names if n not in assigned]
+            if left_out:
+                log.warning("%s: %d file(s) not in the saved split are left out: %s", path, len(left_out),
+                            left_out[:5])
+            return splits
+        splits = split_files(names, self.val_fraction, self.test_fraction, self.seed)
+        if not splits["train"]:
+            raise ConfigError(f"val_fraction/test_fraction: no file left for training out of {len(names)}")
+        if path is not None:
+            _write_json_atomic(path, {"root": str(self.root), "seed": self.seed, "val_fraction": self.val_fraction,
+                                      "test_fraction": self.test_fraction, **splits})
+        return splits
+
+    def write_splits(self, path: str | os.PathLike) -> Path:
+        """Save the current split as JSON to ``path`` (atomically)."""
+        path = Path(path)
+        _write_json_atomic(path, {"root": str(self.root), "seed": self.seed, "val_fraction": self.val_fraction,
+                                  "test_fraction": self.test_fraction, **self.splits})
+        return path
+
+    def split_files(self, split: str) -> list[Path]:
+        """Paths of the files in ``split`` (``"train"``, ``"val"`` or ``"test"``)."""
+        by_name = {self._name(f): f for f in self.files}
+        return [by_name[n] for n in self.splits[split]]
+
+    # -- headers ---------------------------------------------------------------------------
+    def _scan(self) -> None:
+        """Channels, bands kept, mask availability and wavelengths from every used file."""
+        if self._scanned:
+            return
+        used = [f for k in SPLITS for f in self.split_files(k)]
+        channels: int | None = None
+        first: Path | None = None
+        wavelengths: np.ndarray | None = None
+        wl_file: Path | None = None
+        first_keep: np.ndarray | None = None
+        n_masks = 0
+        for path in used:
+            cube = read_cube(path, mmap=True, **self.read_kwargs)
+            keep = cube.good_band_indices() if self.drop_bad_bands else np.arange(cube.n_bands)
+            if first_keep is None:
+                channels, first, first_keep = len(keep), path, keep
+                bands = keep if len(keep) != cube.n_bands else None
+            elif len(keep) != channels:
+                raise ReaderError(path, f"has {len(keep)} channels{' after dropping bad bands' * self.drop_bad_bands}"
+                                  f", but {first} has {channels}; every file must have the same channel count")
+            elif self.drop_bad_bands and not np.array_equal(keep, first_keep):
+                raise ReaderError(path, f"flags other bad bands than {first}; the kept bands would not correspond")
+            n_masks += cube.mask is not None
+            if cube.wavelengths is not None:
+                wl = cube.wavelengths[keep]
+                if wavelengths is None:
+                    wavelengths, wl_file = wl, path
+                elif not np.allclose(wl, wavelengths, rtol=0, atol=1e-3):
+                    raise ReaderError(path, f"its wavelengths differ from those of {wl_file} "
+                                      f"(max difference {np.abs(wl - wavelengths).max():.3g} nm)")
+        if self.user_wavelengths is not None:
+            if len(self.user_wavelengths) != channels:
+                raise ConfigError(f"wavelengths: {len(self.user_wavelengths)} values, but the files have "
+                                  f"{channels} channels")
+            wavelengths = self.user_wavelengths
+        self.n_channels, self.bands = channels, bands
+        self.wavelengths = None if wavelengths is None else np.asarray(wavelengths, dtype=np.float32)
+        all_masks = n_masks == len(used)
+        self.batch_keys = frozenset({"cube"} | ({"mask"} if all_masks else set())
+                                    | ({"wavelengths"} if wavelengths is not None else set()))
+        if 0 < n_masks < len(used):
+            log.warning("%s: %d of %d files have no ground-truth mask; batches carry no 'mask'", self.root,
+                        len(used) - n_masks, len(used))
+        self._scanned = True
+
+    def data_spec(self) -> DataSpec:
+        self._scan()
+        return super().data_spec()
+
+    # -- datasets ---------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        self._scan()
+
+        def dataset(split: str) -> FileCubeDataset | None:
+            files = self.split_files(split)
+            if not files:
+                return None
+            return FileCubeDataset(files, bands=self.bands, with_mask="mask" in self.batch_keys,
+                                   wavelengths=self.wavelengths, **self.read_kwargs)
+
+        train, val, test = (dataset(s) for s in SPLITS)
+        if self.val_on_train:
+            val = test = train
+        if self.tile is None:
+            self.train_set, self.val_set, self.test_set = train, val, test
+            self.statistics_set = train
+            return
+
+        def partition(ds: Dataset | None) -> TiledDataset | None:
+            return None if ds is None else TiledDataset(ds, self.tile, self.tile, "crop")
+
+        self.train_set = TiledDataset(train, self.tile, self.stride, self.edge)
+        self.statistics_set = partition(train)
+        self.val_set = partition(val)
+        self.test_set = self.val_set if test is val else partition(test)
+
+    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader | list:
+        return make_loader(dataset, self.batch_size, shuffle, self.num_workers)
+
+    def statistics_dataloader(self) -> DataLoader | list:
+        """Training scenes (or their partition tiles) in a fixed order."""
+        return self._loader(self.statistics_set, shuffle=False)
