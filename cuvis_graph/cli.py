@@ -80,8 +80,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     dm = pipeline.datamodule
     spec = dm.data_spec() if hasattr(dm, "data_spec") else None
     channels = f", {spec.n_channels} channels" if spec is not None and spec.n_channels else ""
-    epochs = pipeline.training.trainer.max_epochs
+    stages = pipeline.training.resolved_stages()
+    epochs = sum(stage.max_epochs for stage in stages)
     mode = "statistical initialization only" if epochs == 0 else f"{epochs} epoch(s) of training"
+    if pipeline.training.stages:
+        mode += " in stages " + " -> ".join(f"{s.name} ({s.max_epochs})" for s in stages)
     n, m = len(graph.nodes), len(graph.leaves)
     _out(f"OK: {args.pipeline}: pipeline '{pipeline.name}' is valid: {n} node{'s' * (n != 1)}, "
          f"{m} lea{'ves' if m != 1 else 'f'}, data {type(dm).__name__}{channels}, {mode}")
@@ -179,6 +182,35 @@ def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) ->
     return run_dir, result.metrics
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Score cube files with a saved model; 0 all ok, 2 some inputs failed, 1 none succeeded."""
+    from .prediction import predict_files
+    from .saving import load_graph
+
+    graph = load_graph(args.model_dir, allow_modules=args.allow_module or [])
+    summary = predict_files(graph, args.inputs, args.out, threshold=args.threshold, quantile=args.quantile,
+                            output=args.output, progress=not args.no_progress)
+    n_ok, n_failed = len(summary.ok), len(summary.failed)
+    _out(f"scored {n_ok} of {n_ok + n_failed} input(s) with '{summary.score_output}' (mask: {summary.mask_source})")
+    for result in summary.failed:
+        _out(f"  failed: {result.error}")
+    _out(f"summary: {summary.summary_path}")
+    if n_failed and not n_ok:
+        raise CuvisGraphError(f"no input could be scored; see {summary.summary_path}")
+    return 2 if n_failed else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx_report
+    from .saving import load_graph
+
+    graph = load_graph(args.model_dir, allow_modules=args.allow_module or [])
+    output = Path(args.output) if args.output else Path(args.model_dir) / "model.onnx"
+    path, report = export_onnx_report(graph, output, opset=args.opset, n_channels=args.n_channels, check=True)
+    _out(f"wrote {path} (opset {args.opset}; onnxruntime vs eager: {report})")
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -236,6 +268,44 @@ def build_parser() -> argparse.ArgumentParser:
     nodes.add_argument("--markdown", action="store_true", help="Markdown instead of plain text")
     nodes.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     nodes.set_defaults(func=cmd_nodes)
+
+    predict = sub.add_parser("predict", parents=[common], help="score cube files with a saved model",
+                             description="Load a model saved with graph.save(DIR) and score every input\n"
+                                         "(.npy, .npz, .mat, ENVI .hdr; files or folders). Writes\n"
+                                         "<out>/<stem>/scores.npy, mask.npy, overlay.png and <out>/summary.csv.\n"
+                                         "A file that cannot be read or has the wrong channel count is reported\n"
+                                         "and skipped. Exit status 0 when every input was scored, 2 when some\n"
+                                         "failed, 1 on a fatal error (bad model directory, nothing scored).",
+                             epilog="example:\n  cuvis-graph predict model/ scenes/ extra.mat --out predictions/",
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    predict.add_argument("model_dir", metavar="MODEL_DIR", help="a directory written by graph.save()")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="cube files or folders of cube files")
+    predict.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    predict.add_argument("--threshold", type=float, metavar="X",
+                         help="mask = score > X (default: the graph's decider, else the per-image quantile)")
+    predict.add_argument("--quantile", type=float, default=0.99, metavar="Q",
+                         help="without decider or --threshold: mask = score > the Q-quantile of the image's "
+                              "scores (default 0.99)")
+    predict.add_argument("--output", metavar="NODE", help="score output 'node' or 'node.port' (default: the "
+                                                          "last per-pixel score before any decider)")
+    predict.add_argument("--no-progress", action="store_true", help="no progress bar")
+    predict.add_argument("--allow-module", action="append", metavar="MODULE",
+                         help="allow '_target_' classes from MODULE (and its submodules); repeatable")
+    predict.set_defaults(func=cmd_predict)
+
+    export = sub.add_parser("export", parents=[common], help="export a saved model's inference graph (ONNX)",
+                            description="Export the inference path of a saved model to ONNX: input 'cube' "
+                                        "[B,H,W,C] float32 with dynamic B, H, W; outputs named after the sink "
+                                        "nodes. The file is checked with onnxruntime against eager inference.")
+    export.add_argument("model_dir", metavar="MODEL_DIR", help="a directory written by graph.save()")
+    export.add_argument("--format", choices=("onnx",), default="onnx", help="export format (onnx)")
+    export.add_argument("-o", "--output", metavar="FILE", help="output file (default: MODEL_DIR/model.onnx)")
+    export.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset version (default 17)")
+    export.add_argument("--n-channels", type=int, metavar="C", help="input channels when the model does not "
+                                                                    "record them")
+    export.add_argument("--allow-module", action="append", metavar="MODULE",
+                        help="allow '_target_' classes from MODULE (and its submodules); repeatable")
+    export.set_defaults(func=cmd_export)
     return parser
 
 

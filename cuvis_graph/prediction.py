@@ -1,0 +1,394 @@
+"""File-based prediction: score cube files with a (loaded) graph.
+
+:func:`predict_files` reads every input (``.npy``, ``.npz``, ``.mat``, ENVI ``.hdr``; files
+or folders) with :func:`cuvis_graph.data.read_cube`, runs the graph on it and writes::
+
+    <out>/<stem>/scores.npy    [H, W] float32  the score map (see :func:`score_outputs`)
+    <out>/<stem>/mask.npy      [H, W] uint8    the decided anomaly mask (0/1)
+    <out>/<stem>/overlay.png   false-colour RGB with the mask in red | the score map
+    <out>/summary.csv          one row per input: shape, score statistics, anomaly pixels,
+                               status ok|error and the error message
+
+Which output is the score: the last node (topological order) whose output is per-pixel
+``[B, H, W, 1]`` and that is not a decider; a decider is a node whose output port is named
+``decisions`` (or that sets ``is_decider = True``), e.g. ``BinaryDecider``/``QuantileDecider``.
+The mask is the last decider's output when the graph has one, else ``scores > threshold``
+with the given ``threshold``, else ``scores > Q_q(scores)``: the ``q``-quantile of the
+image's own scores (numpy "linear"; default ``q = 0.99``, i.e. the top 1 % of each image).
+
+A file that cannot be read, has the wrong channel count or fails in the graph is reported
+by name (on stderr and in ``summary.csv``) and skipped; the others are processed. Every
+file is written to a temporary sibling and renamed (principle 10).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import sys
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .errors import CuvisGraphError, did_you_mean
+from .plan import DataSpec
+from .runs import atomic_write_text
+
+if TYPE_CHECKING:
+    from .graph import Graph
+
+__all__ = [
+    "DEFAULT_QUANTILE",
+    "FileResult",
+    "PredictionSummary",
+    "score_outputs",
+    "expand_inputs",
+    "run_graph",
+    "false_color",
+    "overlay_image",
+    "predict_files",
+]
+
+#: Default per-image quantile threshold when the graph has no decider and none is given.
+DEFAULT_QUANTILE = 0.99
+#: Band centres (nm) used for the false-colour composite when wavelengths are known.
+RGB_NM = (640.0, 550.0, 460.0)
+SUMMARY_COLUMNS = ("file", "output", "status", "error", "shape", "score_min", "score_mean", "score_max",
+                   "score_std", "threshold", "anomaly_pixels")
+
+
+@dataclass
+class FileResult:
+    """What happened to one input file."""
+
+    path: Path
+    status: str = "ok"  # "ok" | "error"
+    error: str = ""
+    output_dir: Path | None = None
+    shape: tuple[int, ...] | None = None
+    score_min: float | None = None
+    score_mean: float | None = None
+    score_max: float | None = None
+    score_std: float | None = None
+    threshold: float | None = None
+    anomaly_pixels: int | None = None
+
+    def row(self) -> dict[str, Any]:
+        def num(v: float | None) -> str:
+            return "" if v is None else f"{v:.9g}"
+
+        return {"file": str(self.path), "output": "" if self.output_dir is None else str(self.output_dir),
+                "status": self.status, "error": self.error,
+                "shape": "" if self.shape is None else "x".join(str(s) for s in self.shape),
+                "score_min": num(self.score_min), "score_mean": num(self.score_mean),
+                "score_max": num(self.score_max), "score_std": num(self.score_std),
+                "threshold": num(self.threshold),
+                "anomaly_pixels": "" if self.anomaly_pixels is None else str(self.anomaly_pixels)}
+
+
+@dataclass
+class PredictionSummary:
+    """Results of :func:`predict_files`: one :class:`FileResult` per input, in input order."""
+
+    results: list[FileResult]
+    out_dir: Path
+    summary_path: Path
+    score_output: str
+    mask_source: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> list[FileResult]:
+        return [r for r in self.results if r.status == "ok"]
+
+    @property
+    def failed(self) -> list[FileResult]:
+        return [r for r in self.results if r.status != "ok"]
+
+
+# -- which outputs ------------------------------------------------------------------------------
+def _is_decider(node: Any, port: str) -> bool:
+    return bool(getattr(node, "is_decider", False)) or port == "decisions"
+
+
+def score_outputs(graph: Graph, n_channels: int | None = None, output: str | None = None
+                  ) -> tuple[tuple[str, str], tuple[str, str] | None]:
+    """``((score node, port), (decider node, port) or None)`` of ``graph``'s inference plan.
+
+    ``output`` (``"name"`` or ``"name.port"``) chooses the score output explicitly.
+    Raises :class:`CuvisGraphError` when the graph has no per-pixel ``[B,H,W,1]`` output.
+    """
+    from .compiler import compile_graph
+
+    plan = compile_graph(graph, DataSpec(n_channels=n_channels, batch_keys=frozenset({"cube"})),
+                         with_leaves=False)
+    pixelwise = [(s.name, port) for s in plan.steps if not s.node.provides_labels
+                 for port, dims in plan.output_dims.get(s.name, {}).items() if len(dims) == 4 and dims[-1] == 1]
+    deciders = [(n, p) for n, p in pixelwise if _is_decider(plan.step(n).node, p)]
+    decider = deciders[-1] if deciders else None
+    if output is not None:
+        name, _, port = output.partition(".")
+        if name not in plan.output_dims:
+            raise CuvisGraphError(f"output: no node '{name}' in graph '{graph.name}'"
+                                  f"{did_you_mean(name, plan.output_dims)}")
+        ports = plan.output_dims[name]
+        port = port or next(iter(ports))
+        if port not in ports:
+            raise CuvisGraphError(f"output: node '{name}' has no output port '{port}'; ports: {list(ports)}")
+        return (name, port), decider
+    scores = [(n, p) for n, p in pixelwise if not _is_decider(plan.step(n).node, p)]
+    if not scores:
+        shapes = {n: list(d) for n, ports in plan.output_dims.items() for d in ports.values()}
+        raise CuvisGraphError(f"graph '{graph.name}' has no per-pixel score output [B,H,W,1] to predict with "
+                              f"(outputs: {shapes}); choose one with output='node' / --output NODE")
+    if decider is not None:  # the decider's input is the score it decides on
+        step = plan.step(decider[0])
+        sources = [s for src in step.inputs.values() for s in (src if isinstance(src, list) else [src])]
+        fed = [(s.key, s.port) for s in sources if s.kind == "node" and (s.key, s.port) in scores]
+        if fed:
+            return fed[-1], decider
+    return scores[-1], decider
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, str | None]]:
+    """``[(file, error or None)]``: files as given, folders expanded with ``list_cubes``."""
+    from .data.readers import list_cubes
+
+    out: list[tuple[Path, str | None]] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = list_cubes(path)
+            if not found:
+                out.append((path, f"{path}: folder holds no cube files"))
+            out += [(p, None) for p in found]
+        elif not path.exists():
+            out.append((path, f"{path}: no such file or folder"))
+        else:
+            out.append((path, None))
+    return out
+
+
+def _output_names(paths: Sequence[Path]) -> list[str]:
+    """A unique output folder name per input: the stem, then ``<stem>_<suffix>``, then ``_<n>``."""
+    names: list[str] = []
+    taken: set[str] = set()
+    for path in paths:
+        stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+        candidate = stem or "cube"
+        if candidate in taken:
+            candidate = f"{stem}_{path.suffix.lstrip('.')}" if path.suffix else candidate
+        k = 1
+        base = candidate
+        while candidate in taken:
+            candidate = f"{base}_{k}"
+            k += 1
+        taken.add(candidate)
+        names.append(candidate)
+    return names
+
+
+# -- running ------------------------------------------------------------------------------------
+def run_graph(graph: Graph, cube: np.ndarray | torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+    """Every node's outputs on one cube ``[H, W, C]`` (batch of one; same executor and
+    dtype handling as :meth:`Graph.predict`)."""
+    from .compiler import compile_graph
+    from .executor import Executor
+    from .fitting import move_batch
+
+    if isinstance(cube, torch.Tensor):
+        tensor = cube
+    else:
+        array = np.asarray(cube)
+        tensor = torch.from_numpy(array if array.flags.writeable else array.copy())  # read-only memory maps
+    batch = {"cube": tensor[None].float()}
+    plan = compile_graph(graph, DataSpec(n_channels=int(tensor.shape[-1]), batch_keys=frozenset(batch)),
+                         with_leaves=False)
+    device = next((t.device for s in plan.steps for t in list(s.node.parameters()) + list(s.node.buffers())),
+                  torch.device("cpu"))
+    batch = move_batch(batch, device)
+    for step in plan.steps:
+        step.node.eval()
+    with torch.no_grad():
+        return Executor(plan).run(batch)
+
+
+def _finite_stats(scores: np.ndarray) -> tuple[float, float, float, float]:
+    finite = scores[np.isfinite(scores)].astype(np.float64)
+    if finite.size == 0:
+        return (math.nan,) * 4  # type: ignore[return-value]
+    return float(finite.min()), float(finite.mean()), float(finite.max()), float(finite.std())
+
+
+# -- images -------------------------------------------------------------------------------------
+def _rgb_bands(n_channels: int, wavelengths: Sequence[float] | np.ndarray | None) -> list[int]:
+    """Band indices for R, G, B: nearest to 640/550/460 nm when the wavelengths cover them,
+    else evenly spaced (last, middle, first band)."""
+    if wavelengths is not None and len(wavelengths) == n_channels and n_channels >= 3:
+        wl = np.asarray(wavelengths, dtype=np.float64)
+        if wl.min() <= RGB_NM[0] and wl.max() >= RGB_NM[2]:
+            return [int(np.argmin(np.abs(wl - nm))) for nm in RGB_NM]
+    return [int(round(i)) for i in np.linspace(n_channels - 1, 0, 3)]
+
+
+def false_color(cube: np.ndarray, wavelengths: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
+    """``[H, W, 3]`` float in ``[0, 1]``: three bands (see :func:`_rgb_bands`), each stretched
+    between its 2nd and 98th percentile."""
+    bands = _rgb_bands(cube.shape[-1], wavelengths)
+    rgb = np.asarray(cube[..., bands], dtype=np.float64)
+    rgb = np.nan_to_num(rgb, nan=0.0, posinf=0.0, neginf=0.0)
+    for i in range(3):
+        lo, hi = np.percentile(rgb[..., i], [2, 98])
+        rgb[..., i] = np.clip((rgb[..., i] - lo) / (hi - lo), 0, 1) if hi > lo else 0.0
+    return rgb
+
+
+def overlay_image(rgb: np.ndarray, mask: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """``[H, 2W + 4, 3]`` uint8: the RGB with mask pixels blended 60 % red, a white gap, and
+    the score map (1st–99th percentile, ``inferno`` colour map)."""
+    import matplotlib
+
+    left = rgb.copy()
+    m = mask.astype(bool)
+    left[m] = 0.4 * left[m] + 0.6 * np.array([1.0, 0.0, 0.0])
+    s = np.nan_to_num(scores.astype(np.float64), nan=0.0)
+    lo, hi = np.percentile(s, [1, 99])
+    s = np.clip((s - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(s)
+    right = matplotlib.colormaps["inferno"](s)[..., :3]
+    gap = np.ones((rgb.shape[0], 4, 3))
+    return (np.concatenate([left, gap, right], axis=1) * 255).round().astype(np.uint8)
+
+
+# -- atomic files -------------------------------------------------------------------------------
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{threading.get_ident()}{path.suffix}")
+
+
+def _atomic(path: Path, write: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _save_npy(path: Path, array: np.ndarray) -> Path:
+    return _atomic(path, lambda fh: np.save(fh, array, allow_pickle=False))
+
+
+def _save_png(path: Path, image: np.ndarray) -> Path:
+    import matplotlib.image
+
+    return _atomic(path, lambda fh: matplotlib.image.imsave(fh, image, format="png"))
+
+
+def _write_summary(path: Path, results: Sequence[FileResult]) -> Path:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for r in results:
+        writer.writerow(r.row())
+    return atomic_write_text(path, buffer.getvalue())
+
+
+# -- the entry point ------------------------------------------------------------------------------
+def predict_files(graph: Graph, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
+                  threshold: float | None = None, quantile: float = DEFAULT_QUANTILE, output: str | None = None,
+                  progress: bool = True, overlay: bool = True, read_options: Mapping[str, Any] | None = None,
+                  ) -> PredictionSummary:
+    """Score every cube file of ``inputs`` (files or folders) and write results into ``out_dir``.
+
+    Args:
+        graph: a fitted graph (e.g. :meth:`Graph.load`); its channel count is checked
+            against every file (:func:`cuvis_graph.saving.check_channels`).
+        threshold: mask = ``scores > threshold`` (ignored when the graph has a decider).
+        quantile: without decider and threshold, mask = ``scores > Q_quantile(scores)`` per image.
+        output: the score output (``"node"`` / ``"node.port"``); default: see :func:`score_outputs`.
+        progress: show a tqdm bar over the files (on stderr).
+        overlay: write ``overlay.png``.
+        read_options: keyword arguments of :func:`~cuvis_graph.data.read_cube`
+            (``key``, ``mask_key``, ``drop_bad_bands``...).
+
+    Returns:
+        a :class:`PredictionSummary`; ``summary.csv`` lists every input, failed ones with
+        ``status=error`` and the message (which names the file).
+    """
+    from tqdm.auto import tqdm
+
+    from .data.readers import read_cube
+    from .saving import check_channels, infer_n_channels
+
+    if not 0.0 <= quantile <= 1.0:
+        raise CuvisGraphError(f"quantile must be in [0, 1], got {quantile}")
+    out = Path(out_dir)
+    n_model = infer_n_channels(graph)
+    (score_node, score_port), decider = score_outputs(graph, n_model, output)
+    if decider is not None:
+        mask_source = f"decider '{decider[0]}'"
+    elif threshold is not None:
+        mask_source = f"scores > {threshold:g}"
+    else:
+        mask_source = f"scores > per-image {quantile:g} quantile"
+    spec = graph.data_spec
+    model_wl = spec.wavelengths if spec is not None else None
+    files = expand_inputs(inputs)
+    names = _output_names([p for p, _ in files])
+    results: list[FileResult] = []
+    bar = tqdm(files, desc="predict", unit="file", disable=not progress, file=sys.stderr)
+    for (path, problem), name in zip(bar, names, strict=True):
+        result = FileResult(path=path)
+        results.append(result)
+        try:
+            if problem is not None:
+                raise CuvisGraphError(problem)
+            cube = read_cube(path, **dict(read_options or {}))
+            result.shape = cube.shape
+            check_channels(graph, cube.n_bands, str(path))
+            data = np.asarray(cube.data, dtype=np.float32)
+            try:
+                outputs = run_graph(graph, data)
+            except Exception as exc:  # noqa: BLE001 - reported per file
+                raise CuvisGraphError(f"{path}: the graph failed: {type(exc).__name__}: {exc}") from exc
+            scores = outputs[score_node][score_port][0].detach().float().cpu().numpy()
+            scores = scores.reshape(scores.shape[:2]).astype(np.float32)
+            if decider is not None:
+                mask = outputs[decider[0]][decider[1]][0].detach().cpu().numpy().reshape(scores.shape) > 0.5
+            else:
+                thr = float(threshold) if threshold is not None else float(np.quantile(scores, quantile))
+                result.threshold = thr
+                mask = scores > thr
+            mask = mask.astype(np.uint8)
+            target = out / name
+            _save_npy(target / "scores.npy", scores)
+            _save_npy(target / "mask.npy", mask)
+            if overlay:
+                wl = cube.wavelengths if cube.wavelengths is not None else model_wl
+                _save_png(target / "overlay.png", overlay_image(false_color(data, wl), mask, scores))
+            result.output_dir = target
+            result.score_min, result.score_mean, result.score_max, result.score_std = _finite_stats(scores)
+            result.anomaly_pixels = int(mask.sum())
+        except Exception as exc:  # noqa: BLE001 - one bad input never stops the others
+            message = str(exc) or type(exc).__name__
+            if str(path) not in message:
+                message = f"{path}: {type(exc).__name__}: {message}"
+            result.status, result.error = "error", message
+            tqdm.write(f"error: {message} (skipped)", file=sys.stderr)
+    bar.close()
+    summary = _write_summary(out / "summary.csv", results)
+    return PredictionSummary(results, out, summary, f"{score_node}.{score_port}", mask_source,
+                             {"decider": decider, "quantile": quantile, "threshold": threshold})

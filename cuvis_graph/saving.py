@@ -1,0 +1,392 @@
+"""Saved models: ``Graph.save(dir)`` / ``Graph.load(dir)``.
+
+A saved model is a directory of three plain files, no pickle and no code::
+
+    pipeline.yaml          structure and parameters (nodes, leaves), through the registry
+    weights.safetensors    state dicts of every node and leaf with state, keys ``<name>.<param>``
+    meta.json              format / library / torch versions, channel count and wavelengths
+                           the graph was trained on, per-node fit status, sinks, creation time
+
+Writing is atomic (principle 10): the files go into a temporary sibling directory that is
+renamed onto the target only when complete; an existing model directory is replaced only
+then, so a kill leaves the old model or the new one, never half of one.
+
+Loading is safe by default (principle 9): ``pipeline.yaml`` is read with the strict YAML
+reader and every ``type`` / ``_target_`` is resolved through the registry *before* any
+object is created or any module imported; a saved model cannot allowlist modules itself
+(``allow_modules`` must come from the caller). Weights are read with safetensors only,
+never ``torch.load`` / pickle. Monitors are side effects of a training run, not part of
+the model, and are not saved.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import shutil
+import uuid
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import yaml
+
+from .errors import CuvisGraphError, Problem
+from .plan import DataSpec
+
+if TYPE_CHECKING:
+    from .graph import Graph
+
+__all__ = [
+    "FORMAT_VERSION",
+    "PIPELINE_FILE",
+    "WEIGHTS_FILE",
+    "META_FILE",
+    "ModelFormatError",
+    "ChannelMismatchError",
+    "save_graph",
+    "load_graph",
+    "read_meta",
+    "check_channels",
+    "infer_n_channels",
+    "graph_state",
+]
+
+log = logging.getLogger(__name__)
+
+#: Version of the saved-model layout; bumped on incompatible changes.
+FORMAT_VERSION = 1
+PIPELINE_FILE = "pipeline.yaml"
+WEIGHTS_FILE = "weights.safetensors"
+META_FILE = "meta.json"
+_MODEL_FILES = (PIPELINE_FILE, WEIGHTS_FILE, META_FILE)
+
+
+class ModelFormatError(CuvisGraphError):
+    """A model directory that cannot be loaded (missing files, bad format, version, weights)."""
+
+
+class ChannelMismatchError(CuvisGraphError):
+    """Input data whose channel count differs from the one the model was trained on."""
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _library_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in str(version).split(".")[:3]:
+        digits = "".join(c for c in piece if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts + [0] * (3 - len(parts)))
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def graph_state(graph: Graph) -> dict[str, torch.Tensor]:
+    """``{"<node or leaf name>.<param>": tensor}`` over every node and leaf with state.
+
+    Tensors are detached, moved to the CPU, made contiguous and cloned (safetensors refuses
+    tensors that share memory, e.g. tied or aliased buffers).
+    """
+    state: dict[str, torch.Tensor] = {}
+    for name, obj in [*graph.nodes.items(), *graph.leaves.items()]:
+        for key, tensor in obj.state_dict().items():
+            state[f"{name}.{key}"] = tensor.detach().to("cpu").contiguous().clone()
+    return state
+
+
+def infer_n_channels(graph: Graph) -> int | None:
+    """The input channel count C of ``graph``: its ``data_spec``, else (best effort) the
+    size a fitted node reading ``batch.cube`` has taken (an ``n_channels`` attribute or a
+    per-channel ``mean``/``min`` buffer ``[C]``); ``None`` when unknown."""
+    if graph.data_spec is not None and graph.data_spec.n_channels:
+        return int(graph.data_spec.n_channels)
+    from .compiler import compile_graph
+
+    try:
+        plan = compile_graph(graph, DataSpec(n_channels=None), with_leaves=False)
+    except CuvisGraphError:
+        return None
+    for step in plan.steps:
+        sources = [s for src in step.inputs.values() for s in (src if isinstance(src, list) else [src])]
+        if not any(s.kind == "batch" and s.key == "cube" for s in sources):
+            continue
+        n = getattr(step.node, "n_channels", None)
+        if isinstance(n, int) and n > 0:
+            return n
+        if getattr(step.node, "per_channel", True):
+            for buffer in ("mean", "min"):
+                t = getattr(step.node, buffer, None)
+                if isinstance(t, torch.Tensor) and t.ndim == 1 and t.numel() > 0:
+                    return int(t.numel())
+    return None
+
+
+def _meta(graph: Graph) -> dict[str, Any]:
+    from .compiler import compile_graph
+
+    spec = graph.data_spec
+    n_channels = infer_n_channels(graph)
+    wavelengths = list(spec.wavelengths) if spec is not None and spec.wavelengths else None
+    try:
+        sinks = compile_graph(graph, DataSpec(n_channels=n_channels), with_leaves=False).sinks()
+    except CuvisGraphError:
+        sinks = []
+    return {
+        "format": "cuvis-graph-model",
+        "format_version": FORMAT_VERSION,
+        "library_version": _library_version(),
+        "torch_version": torch.__version__,
+        "name": graph.name,
+        "created_at": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "n_channels": n_channels,
+        "wavelengths": wavelengths,
+        "batch_keys": sorted(spec.batch_keys) if spec is not None else ["cube"],
+        "sinks": sinks,
+        "fitted": {name: bool(node.is_fitted) for name, node in graph.nodes.items()},
+    }
+
+
+def _pipeline_yaml(graph: Graph) -> str:
+    data = yaml.safe_load(graph.to_yaml())
+    data.pop("monitors", None)  # side effects of a run, not part of the model
+    header = "# cuvis-graph saved model: structure and parameters (weights in weights.safetensors)\n"
+    return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+# -- save ----------------------------------------------------------------------------------
+def save_graph(graph: Graph, path: str | os.PathLike) -> Path:
+    """Save ``graph`` into the directory ``path`` (created or atomically replaced); returns it.
+
+    Writes ``pipeline.yaml`` (``graph.to_yaml()`` without monitors), ``weights.safetensors``
+    (:func:`graph_state`) and ``meta.json``. An existing ``path`` is replaced only if it is
+    empty or a saved model, and only after the new directory is complete.
+    """
+    from safetensors.torch import save_file
+
+    target = Path(path)
+    if target.exists():
+        if not target.is_dir():
+            raise CuvisGraphError(f"cannot save the model to {target}: it exists and is not a directory")
+        entries = [p.name for p in target.iterdir()]
+        if entries and not (target / META_FILE).is_file():
+            raise CuvisGraphError(f"cannot save the model to {target}: the directory is not empty and holds no "
+                                  f"saved model ({META_FILE}); refusing to replace it")
+    pipeline_text = _pipeline_yaml(graph)  # fails early on unregistered types, before writing
+    state = graph_state(graph)
+    meta = _meta(graph)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = target.with_name(f".{target.name}.tmp-{tag}")
+    tmp.mkdir()
+    try:
+        _fsync_write(tmp / PIPELINE_FILE, pipeline_text.encode("utf-8"))
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "cuvis-graph-model",
+                                                             "format_version": str(FORMAT_VERSION)})
+        _fsync_write(tmp / META_FILE, (json.dumps(meta, indent=2, allow_nan=False) + "\n").encode("utf-8"))
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{tag}")
+            os.replace(target, old)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(old, target)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+# -- load ----------------------------------------------------------------------------------
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """``meta.json`` of the model directory ``path``, with the format version checked."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise ModelFormatError(f"{directory}: no such model directory")
+    missing = [f for f in _MODEL_FILES if not (directory / f).is_file()]
+    if missing:
+        raise ModelFormatError(f"{directory}: not a saved cuvis-graph model: missing {', '.join(missing)} "
+                               "(save one with graph.save(dir))")
+    file = directory / META_FILE
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelFormatError(f"{file}: cannot read: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ModelFormatError(f"{file}: expected a JSON object")
+    version = meta.get("format_version")
+    if not isinstance(version, int):
+        raise ModelFormatError(f"{file}: format_version: missing or not an integer (got {version!r})")
+    if version > FORMAT_VERSION:
+        raise ModelFormatError(f"{file}: format_version {version} is newer than this cuvis-graph "
+                               f"({_library_version()}) reads ({FORMAT_VERSION}); upgrade cuvis-graph")
+    if version < 1:
+        raise ModelFormatError(f"{file}: format_version {version} is not a valid model format")
+    return meta
+
+
+def _check_library_version(meta: Mapping[str, Any], file: Path, strict: bool) -> None:
+    saved = str(meta.get("library_version") or "")
+    current = _library_version()
+    if not saved:
+        raise ModelFormatError(f"{file}: library_version: missing")
+    if saved == current:
+        return
+    s, c = _version_tuple(saved), _version_tuple(current)
+    if strict:
+        raise ModelFormatError(f"{file}: saved with cuvis-graph {saved}, this is {current} (strict_version=True)")
+    if s[0] != c[0]:
+        raise ModelFormatError(f"{file}: saved with cuvis-graph {saved}, incompatible with this major version "
+                               f"{current}; load it with cuvis-graph {s[0]}.x")
+    if s[:2] != c[:2]:
+        warnings.warn(f"{file}: saved with cuvis-graph {saved}, loading with {current}", UserWarning, stacklevel=3)
+
+
+def _read_pipeline(file: Path, allow_modules: Iterable[str]) -> dict[str, Any]:
+    from .spec import SpecError, read_yaml
+
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ModelFormatError(f"{file}: cannot read: {exc}") from None
+    config = dict(read_yaml(text, str(file)))
+    problems = []
+    if "defaults" in config:
+        problems.append(Problem("defaults", "a saved model is one self-contained file; config groups are refused"))
+    allowed = set(allow_modules)
+    for i, module in enumerate(config.get("allow_modules") or []):
+        if module not in allowed:
+            problems.append(Problem(f"allow_modules[{i}]", f"a saved model cannot allowlist module '{module}' "
+                                                           f"itself; pass allow_modules=['{module}'] (or "
+                                                           f"'--allow-module {module}') if you trust it"))
+    if problems:
+        raise SpecError(str(file), problems)
+    config.pop("allow_modules", None)
+    config.pop("monitors", None)
+    return config
+
+
+def _load_weights(file: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:  # from bytes, not a memory map: the tensors never depend on the file staying intact
+        return load(file.read_bytes())
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFormatError(f"{file}: not a valid safetensors file ({exc}); weights are only ever read as "
+                               "safetensors, never unpickled") from None
+
+
+def _load_state(graph: Graph, weights: Mapping[str, torch.Tensor], file: Path) -> None:
+    owners = {**graph.nodes, **graph.leaves}
+    expected = {f"{name}.{key}" for name, obj in owners.items() for key in obj.state_dict()}
+    missing = sorted(expected - set(weights))
+    unexpected = sorted(set(weights) - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing key{'s' * (len(missing) > 1)} {', '.join(missing)}")
+        if unexpected:
+            parts.append(f"unexpected key{'s' * (len(unexpected) > 1)} {', '.join(unexpected)}")
+        raise ModelFormatError(f"{file}: weights do not match pipeline.yaml: {'; '.join(parts)}")
+    # tensors sized at fit time start empty and take the saved shape (Node._load_from_state_dict);
+    # a tensor the fresh object already sizes (scalars such as ``_fitted``) must keep its shape
+    shapes = [f"{name}.{key} has shape {list(weights[f'{name}.{key}'].shape)}, {type(obj).__name__} "
+              f"'{name}' has {list(t.shape)}" for name, obj in owners.items() for key, t in obj.state_dict().items()
+              if t.numel() > 0 and t.shape != weights[f"{name}.{key}"].shape]
+    if shapes:
+        raise ModelFormatError(f"{file}: weights do not match pipeline.yaml: {'; '.join(shapes)}")
+    for name, obj in owners.items():
+        prefix = f"{name}."
+        sub = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+        if not sub:
+            continue
+        try:
+            obj.load_state_dict(sub, strict=True)
+        except RuntimeError as exc:
+            raise ModelFormatError(f"{file}: cannot load the weights of '{name}' ({type(obj).__name__}): "
+                                   f"{exc}") from None
+
+
+def load_graph(path: str | os.PathLike, *, allow_modules: Iterable[str] = (), n_channels: int | None = None,
+               strict_version: bool = False) -> Graph:
+    """The graph saved in the directory ``path`` by :func:`save_graph`, in eval mode.
+
+    Args:
+        path: the model directory.
+        allow_modules: modules whose classes ``_target_`` may name (besides the registry);
+            a saved model can never allowlist modules itself.
+        n_channels: the channel count of the data to be scored; checked against the model
+            (:class:`ChannelMismatchError` explaining both counts).
+        strict_version: refuse any library version difference (default: refuse another
+            major version, warn on another minor version).
+
+    Raises:
+        ModelFormatError: missing files, unknown format, incompatible version, weights that
+            are not safetensors or do not match the structure (the keys are named).
+        SpecError: ``pipeline.yaml`` names an unregistered or non-allowlisted type; raised
+            before anything is created or imported.
+    """
+    from .spec import build_pipeline
+
+    directory = Path(path)
+    meta = read_meta(directory)
+    _check_library_version(meta, directory / META_FILE, strict_version)
+    allow = list(allow_modules)
+    config = _read_pipeline(directory / PIPELINE_FILE, allow)
+    # classes are resolved through the registry for every entry, and problems raised, before
+    # any constructor runs or any (allowlisted) module is imported
+    graph = build_pipeline(config, str(directory / PIPELINE_FILE), allow, build_data=False, check=False).graph
+    if meta.get("n_channels") or meta.get("wavelengths"):
+        wl = meta.get("wavelengths")
+        graph.data_spec = DataSpec(n_channels=meta.get("n_channels"),
+                                   batch_keys=frozenset(meta.get("batch_keys") or ["cube"]),
+                                   wavelengths=tuple(float(w) for w in wl) if wl else None)
+    if n_channels is not None:
+        check_channels(meta, n_channels, str(directory))
+    weights = _load_weights(directory / WEIGHTS_FILE)
+    _load_state(graph, weights, directory / WEIGHTS_FILE)
+    for obj in [*graph.nodes.values(), *graph.leaves.values()]:
+        obj.eval()
+    return graph
+
+
+# -- channel check -----------------------------------------------------------------------------
+def check_channels(model: Graph | Mapping[str, Any], n_channels: int, source: str = "input") -> None:
+    """Raise :class:`ChannelMismatchError` when ``n_channels`` differs from the model's C.
+
+    ``model``: a graph (its ``data_spec`` or inferred C) or a ``meta.json`` mapping. Nothing
+    is checked when the model's C is unknown. Message: ``"<source>: model expects C=100
+    channels (wavelengths 400–1000 nm), the data has 50"``.
+    """
+    if isinstance(model, Mapping):
+        expected, wavelengths = model.get("n_channels"), model.get("wavelengths")
+    else:
+        expected = infer_n_channels(model)
+        spec = model.data_spec
+        wavelengths = spec.wavelengths if spec is not None else None
+    if not expected or int(expected) == int(n_channels):
+        return
+    where = ""
+    if wavelengths:
+        where = f" (wavelengths {min(wavelengths):g}–{max(wavelengths):g} nm)"
+    raise ChannelMismatchError(f"{source}: model expects C={int(expected)} channels{where}, "
+                               f"the data has {int(n_channels)}")
