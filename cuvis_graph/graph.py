@@ -6,6 +6,7 @@ import logging
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -14,13 +15,14 @@ import torch
 
 from .compiler import compile_graph
 from .config import TrainingConfig, parse_config
+from .distributed import RESUMING_ENV, RUN_DIR_ENV, worker_rank
 from .errors import CuvisGraphError, Problem
 from .fitting import move_batch
 from .leaves import LeafNode, MonitoringNode
 from .node import Node, snake_case
 from .plan import DataSpec, Plan
 from .results import TrainResult
-from .runs import RunSession, open_run, pipeline_summary
+from .runs import Run, RunSession, open_run, pipeline_summary
 
 __all__ = ["Graph", "ParentRef"]
 
@@ -235,6 +237,10 @@ class Graph:
         quiet_lightning()
         if run_dir is False:
             return train_graph(self, datamodule, config, callbacks, refit, None)
+        joined = os.environ.get(RUN_DIR_ENV)
+        if worker_rank() > 0 and joined:  # a DDP rank started by Lightning: rank 0 owns the run directory
+            worker = Run(Path(joined), self.name, resuming=os.environ.get(RESUMING_ENV) == "1")
+            return train_graph(self, datamodule, config, callbacks, refit, None, worker_run=worker)
         run = open_run(self.name, root=runs_root or config.run.root, run_dir=run_dir, resume=resume)
         with RunSession(run) as session:
             run.write_config(config.model_dump(mode="json"), pipeline_spec or pipeline_summary(self))
@@ -309,7 +315,8 @@ def quiet_lightning() -> None:
     for pattern in (".*does not have many workers.*", ".*overridden `transfer_batch_to_device`.*",
                     ".*smaller than the logging interval.*", ".*LeafSpec.*is deprecated.*",
                     ".*GPU available but not used.*", ".*`training_step` returned `None`.*",
-                    ".*module\\(s\\) in eval mode at the start of training.*"):
+                    ".*module\\(s\\) in eval mode at the start of training.*",
+                    ".*when logging on epoch level in distributed setting.*"):
         warnings.filterwarnings("ignore", message=pattern)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
                  "lightning.fabric.utilities.rank_zero"):

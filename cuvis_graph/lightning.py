@@ -102,6 +102,9 @@ class GraphModule(pl.LightningModule):
             for stage in ("val", "test")
         })
         self.disabled_visualizations: set[str] = set()
+        #: called once in ``setup("fit")`` with this module (see :mod:`cuvis_graph.training`)
+        self.setup_task: Any = None
+        self._eval_loss_sums: dict[str, torch.Tensor] = {}
 
     # -- steps ---------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
@@ -120,12 +123,40 @@ class GraphModule(pl.LightningModule):
         for b in self.loss_bindings:
             output, leaf_batch = self.executor.leaf_inputs(b, batch, outputs)
             value = self.loss_weights[b.name] * b.leaf.compute_loss(output, leaf_batch)
-            self.log(f"{stage}/loss/{b.name}", value, on_step=False, on_epoch=True, batch_size=bs)
+            self._log_loss(f"{stage}/loss/{b.name}", value, stage, bs)
             for part, part_value in (getattr(b.leaf, "last_components", None) or {}).items():
-                self.log(f"{stage}/loss/{b.name}/{part}", part_value, on_step=False, on_epoch=True, batch_size=bs)
+                self.log(f"{stage}/loss/{b.name}/{part}", part_value, on_step=False, on_epoch=True, batch_size=bs,
+                         sync_dist=self._world_size > 1)
             total = value if total is None else total + value
-        self.log(f"{stage}/loss", total, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs)
+        self._log_loss(f"{stage}/loss", total, stage, bs, prog_bar=True)
         return total
+
+    @property
+    def _world_size(self) -> int:
+        return self._trainer.world_size if self._trainer is not None else 1
+
+    def _log_loss(self, key: str, value: torch.Tensor, stage: str, batch_size: int, prog_bar: bool = False) -> None:
+        """Epoch mean of a loss weighted by batch size. Under DDP, validation / test means are
+        exact over the whole set (sums and counts all-reduced at epoch end), not a mean of the
+        ranks' means."""
+        if stage == "train" or self._world_size == 1:
+            self.log(key, value, on_step=False, on_epoch=True, prog_bar=prog_bar, batch_size=batch_size,
+                     sync_dist=self._world_size > 1)
+            return
+        acc = self._eval_loss_sums.setdefault(key, torch.zeros(2, dtype=torch.float64, device=value.device))
+        acc += torch.stack([value.detach().double() * batch_size, value.new_tensor(batch_size, dtype=torch.float64)])
+
+    def _log_exact_losses(self, stage: str) -> None:
+        if self._world_size == 1 or not self.loss_bindings:
+            return
+        keys = [f"{stage}/loss/{b.name}" for b in self.loss_bindings] + [f"{stage}/loss"]
+        sums = torch.stack([self._eval_loss_sums.get(k, torch.zeros(2, dtype=torch.float64, device=self.device))
+                            .to(self.device) for k in keys])
+        self._eval_loss_sums.clear()
+        torch.distributed.all_reduce(sums)
+        for key, (total, count) in zip(keys, sums.tolist(), strict=True):
+            if count > 0:
+                self.log(key, total / count, prog_bar=key == f"{stage}/loss", sync_dist=False)
 
     def _update_metrics(self, batch, outputs, stage: str) -> None:
         for b in self.metric_bindings:
@@ -177,10 +208,18 @@ class GraphModule(pl.LightningModule):
                 hook(self.epoch_offset + self.current_epoch)
 
     def on_validation_epoch_end(self) -> None:
+        self._log_exact_losses("val")
         self._log_metrics("val")
 
     def on_test_epoch_end(self) -> None:
+        self._log_exact_losses("test")
         self._log_metrics("test")
+
+    def setup(self, stage: str) -> None:
+        """Run the pending ``setup_task`` (statistical init under DDP: every rank, inside the fit)."""
+        if stage == "fit" and self.setup_task is not None:
+            task, self.setup_task = self.setup_task, None
+            task(self)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         return move_batch(batch, device) if isinstance(batch, Mapping) else super().transfer_batch_to_device(

@@ -38,8 +38,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from .callbacks import AtomicCheckpointIO, SafeCallback, build_callbacks
 from .config import StageConfig, TrainingConfig
+from .distributed import RESUMING_ENV, RUN_DIR_ENV, shard_batches
 from .errors import ConfigError, Problem, did_you_mean
-from .fitting import fit_statistics
+from .fitting import FitReport, fit_statistics
 from .leaves import LossNode
 from .lightning import GraphModule
 from .monitors.file import FileMonitor
@@ -50,7 +51,7 @@ from .stage_state import StageState
 
 if TYPE_CHECKING:
     from .graph import Graph
-    from .runs import RunSession
+    from .runs import Run, RunSession
 
 __all__ = ["train_graph", "check_stages", "stage_problems", "load_checkpoint"]
 
@@ -132,12 +133,22 @@ class Trainability:
 
 # -- the lifecycle -------------------------------------------------------------------------
 def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks: list[pl.Callback] | None,
-                refit: bool, session: RunSession | None) -> TrainResult:
-    """Run the lifecycle above (``session``: the run directory, or ``None`` for none)."""
-    run = session.run if session is not None else None
+                refit: bool, session: RunSession | None, worker_run: Run | None = None) -> TrainResult:
+    """Run the lifecycle above.
+
+    ``session``: the run directory this process writes (``None``: no files). ``worker_run``:
+    a DDP rank > 0 joining rank 0's run (reads it, writes nothing).
+    """
+    run = session.run if session is not None else worker_run
+    writes = session is not None
     stages = config.resolved_stages()
-    state = StageState.load(run.path, [s.name for s in stages]) if run is not None and run.resuming \
-        else StageState(run.path if run is not None else None, [s.name for s in stages])
+    if run is not None and run.resuming:
+        state = StageState.load(run.path, [s.name for s in stages])
+    else:
+        state = StageState(run.path, [s.name for s in stages]) if run is not None else StageState(None, [])
+        state.data["stages"] = [s.name for s in stages]
+    if not writes:
+        state.path = None
     pl.seed_everything(config.seed, workers=True, verbose=False)
     if hasattr(datamodule, "prepare_data"):
         datamodule.prepare_data()
@@ -145,42 +156,48 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
         datamodule.setup("fit")
     plan = graph.compile(datamodule, for_training=config.trains)
     graph.data_spec = datamodule.data_spec() if hasattr(datamodule, "data_spec") else None
+    kwargs = config.trainer.trainer_kwargs()
+    distributed = _world_size(kwargs) > 1
+    if distributed and writes:  # ranks 1..N-1 re-run the script: tell them which run to join
+        os.environ[RUN_DIR_ENV] = str(run.path)
+        os.environ[RESUMING_ENV] = "1" if run.resuming else "0"
     device = _init_device(config.trainer.accelerator)
     monitors = list(graph.monitors)
-    if run is not None:
+    if writes:
         monitors.insert(0, FileMonitor(run.path, name="run_files"))
     hub = MonitorHub(monitors)
-    if run is not None:
+    if writes:
         session.hub = hub
         hub.attach_run(run.path)
     module = GraphModule(plan, config.optimizer, config.scheduler, hub, max_epochs=config.trainer.max_epochs)
 
-    restore = _restore_point(run, state, config, stages)
+    restore = _restore_point(run, state, config)
     if restore is not None:  # fitted statistics come from the checkpoint: fitting below skips fitted nodes
         module.load_state_dict(load_checkpoint(restore)["state_dict"])
-    for step in plan.steps:
-        step.node.to(device)
     loader = getattr(datamodule, "statistics_dataloader", datamodule.train_dataloader)
     progress = config.trainer.enable_progress_bar
-    fit = fit_statistics(plan, loader, device=device, refit=refit and restore is None, progress=progress)
-    if restore is None:
-        state.record_statistics(fit.passes, fit.levels, fit.batches)
-    for step in plan.steps:
-        step.node.prepare_for_train()
+    fits: list[FitReport] = []
+    if not distributed:  # under DDP every rank fits its shard inside the first Lightning fit
+        for step in plan.steps:
+            step.node.to(device)
+        fits.append(fit_statistics(plan, loader, device=device, refit=refit and restore is None, progress=progress))
+        for step in plan.steps:
+            step.node.prepare_for_train()
+        if restore is None:
+            state.record_statistics(fits[0].passes, fits[0].levels, fits[0].batches)
     has_val = _has_batches(datamodule, "val_dataloader") and bool(module.metric_bindings or module.loss_bindings
                                                                   or module.vis_bindings)
-    kwargs = config.trainer.trainer_kwargs()
     root = str(run.path / "lightning") if run is not None else "runs/lightning"
     trainability = Trainability(plan)
     initial: dict[str, float] = dict(run.record.get("initial_metrics") or {}) if restore is not None else {}
     metrics, best, trainer = dict(initial), None, None
     try:
-        if has_val and restore is None:
+        if has_val and restore is None and not distributed:
             validate = pl.Trainer(**{**kwargs, "max_epochs": 1}, logger=MonitorLogger(hub),
                                   enable_checkpointing=False, enable_model_summary=False, default_root_dir=root)
             initial = _floats(validate.validate(module, datamodule=datamodule, verbose=False)[0])
             metrics = dict(initial)
-            if run is not None:
+            if writes:
                 run.record["initial_metrics"] = initial
                 run.save()
         for index, stage in enumerate(stages):
@@ -191,31 +208,35 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
             resume_ckpt = _stage_resume_checkpoint(run, state, stage, ckpt_dir, config)
             step_offset, epoch_offset = state.offsets()
             frozen = trainability.apply(stage)
+            names: list[str] = []
             if resume_ckpt is None:
                 pl.seed_everything(config.seed + index, workers=True, verbose=False)
                 names = _refit_names(plan, stage)
-                if names:
-                    for s in plan.steps:  # the data as this stage's training sees it
-                        s.node.train(s.name not in frozen)
+                if names and not distributed:
+                    _set_stage_modes(plan, frozen)
                     fit_statistics(plan, loader, device=device, refit=names, progress=progress)
                     for name in names:
                         plan.step(name).node.prepare_for_train()
                     frozen = trainability.apply(stage)  # refitting may have created parameters
                 state.start(stage.name, step_offset, epoch_offset, refit=names,
                             trainable=_trainable(plan, frozen) if stage.max_epochs else [])
-            elif run is not None:
+            elif writes:
                 run.trim_metrics(step_offset + int(load_checkpoint(resume_ckpt).get("global_step", 0)))
             stage_module = GraphModule(plan, stage.optimizer or config.optimizer, stage.scheduler or config.scheduler,
                                        hub, max_epochs=stage.max_epochs, loss_weights=stage.loss_weights(),
                                        frozen=frozen, epoch_offset=epoch_offset)
             stage_module.disabled_visualizations = module.disabled_visualizations  # a failure stays disabled
             state.info(stage.name)["losses"] = dict(stage_module.loss_weights) if stage.max_epochs else {}
+            if distributed and (not fits or names):
+                stage_module.setup_task = _statistics_task(plan, loader, names, trainability, stage, frozen,
+                                                           progress, fits, state)
             steps = epochs = 0
-            if stage.max_epochs > 0:
-                if config.stages and not any(p.requires_grad for p in stage_module.parameters()):
+            if stage.max_epochs > 0 or stage_module.setup_task is not None:
+                if config.stages and stage.max_epochs > 0 and not distributed \
+                        and not any(p.requires_grad for p in stage_module.parameters()):
                     raise ConfigError(f"training.stages.{index} ('{stage.name}'): no node has trainable parameters "
                                       f"(frozen: {sorted(frozen)})")
-                cbs = build_callbacks(config, hub, ckpt_dir, has_val=has_val,
+                cbs = build_callbacks(config, hub, ckpt_dir if stage.max_epochs else None, has_val=has_val,
                                       has_loss=bool(stage_module.loss_bindings), step_offset=step_offset)
                 cbs += [SafeCallback(c, hub) for c in callbacks or []]
                 checkpoint = next((c for c in cbs if isinstance(c, ModelCheckpoint)), None)
@@ -228,16 +249,18 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
                         warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty")
                     trainer.fit(stage_module, datamodule=datamodule, ckpt_path=resume_ckpt, weights_only=True)
                 steps, epochs = trainer.global_step, trainer.current_epoch
-                metrics = _floats(trainer.callback_metrics)
-                best = _best(checkpoint, run.path) if run is not None else None
+                if stage.max_epochs > 0:
+                    metrics = _floats(trainer.callback_metrics)
+                    best = _best(checkpoint, run.path) if run is not None else None
             final = None
             if ckpt_dir is not None and not config.stages:
                 last = ckpt_dir / "last.ckpt"
                 final = os.path.relpath(last, run.path) if last.is_file() else None
             elif ckpt_dir is not None:
                 final_path = ckpt_dir / "final.ckpt"
-                AtomicCheckpointIO().save_checkpoint({"state_dict": stage_module.state_dict(), "global_step": steps,
-                                                      "stage": stage.name}, final_path)
+                if writes:
+                    AtomicCheckpointIO().save_checkpoint({"state_dict": stage_module.state_dict(),
+                                                          "global_step": steps, "stage": stage.name}, final_path)
                 final = os.path.relpath(final_path, run.path)
             state.complete(stage.name, steps=steps, epochs=epochs, checkpoint=final, best=best, metrics=metrics)
     finally:
@@ -245,6 +268,7 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
         trainability.restore()
         for step in plan.steps:
             step.node.eval()
+    fit = fits[0] if fits else FitReport()
     steps_total, epochs_total = state.offsets()
     if session is not None:
         session.finish(metrics, initial, best=best, fit_passes=fit.passes, epochs=epochs_total,
@@ -255,7 +279,58 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
                        stages={n: dict(state.info(n)) for n in state.completed})
 
 
-def _restore_point(run: Any, state: StageState, config: TrainingConfig, stages: list[StageConfig]) -> Any:
+def _set_stage_modes(plan: Plan, frozen: frozenset[str]) -> None:
+    """Train mode for the nodes that train in the stage, eval for frozen ones: refits see the
+    data as the stage's training steps will."""
+    for s in plan.steps:
+        s.node.train(s.name not in frozen)
+
+
+def _statistics_task(plan: Plan, loader: Any, names: list[str], trainability: Trainability, stage: StageConfig,
+                     frozen: frozenset[str], progress: bool, fits: list[FitReport], state: StageState) -> Any:
+    """Statistical init (unfitted nodes) + the stage's refit, run by every DDP rank in
+    ``setup("fit")``: rank ``r`` of ``W`` streams batches ``r, r+W, ...``; accumulators are
+    all-reduced before finalizing, so all ranks end with the single-process buffers."""
+    def task(module: GraphModule) -> None:
+        trainer = module.trainer
+        rank, world = trainer.global_rank, trainer.world_size
+        n_batches = _length(loader())
+        if n_batches is not None and n_batches < world:
+            raise ConfigError(f"statistical init with {world} processes needs at least {world} training batches "
+                              f"(one per process); the training loader has {n_batches}")
+        device = trainer.strategy.root_device
+        for s in plan.steps:
+            s.node.to(device)
+        _set_stage_modes(plan, frozen)
+        first = not fits
+        report = fit_statistics(plan, shard_batches(loader, rank, world), device=device, refit=names,
+                                progress=progress and rank == 0)
+        for s in plan.steps:
+            if first or s.name in names:
+                s.node.prepare_for_train()
+        trainability.apply(stage)
+        if first:
+            fits.append(report)
+            state.record_statistics(report.passes, report.levels, report.batches)
+
+    return task
+
+
+def _length(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def _world_size(trainer_kwargs: Mapping[str, Any]) -> int:
+    """How many processes a Trainer with these options trains with (builds one, starts nothing)."""
+    probe = pl.Trainer(**{**trainer_kwargs, "enable_progress_bar": False}, logger=False,
+                       enable_checkpointing=False, enable_model_summary=False)
+    return probe.world_size
+
+
+def _restore_point(run: Any, state: StageState, config: TrainingConfig) -> Any:
     """The checkpoint whose weights a resumed run starts from (``None``: a fresh start)."""
     if run is None or not run.resuming:
         return None

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..distributed import ShardSampler, distributed_shape
 from ..plan import DataSpec
 
 __all__ = ["GraphDataModule", "ArrayDataModule", "CubeDataset", "collate_cubes"]
@@ -127,9 +128,14 @@ class GraphDataModule(pl.LightningDataModule):
         wl = None if self.wavelengths is None else tuple(float(w) for w in self.wavelengths)
         return DataSpec(n_channels=self.n_channels, batch_keys=frozenset(self.batch_keys), wavelengths=wl)
 
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader | list:
+    def _loader(self, dataset: Dataset | None, shuffle: bool, shard: bool = True) -> DataLoader | list:
         if dataset is None or len(dataset) == 0:
             return []
+        rank, world = distributed_shape()
+        if world > 1 and shard and not shuffle:  # evaluation under DDP: every item exactly once across ranks
+            return DataLoader(dataset, batch_size=self.batch_size, sampler=ShardSampler(dataset, world, rank),
+                              num_workers=self.num_workers, collate_fn=collate_cubes,
+                              persistent_workers=self.num_workers > 0)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           collate_fn=collate_cubes, persistent_workers=self.num_workers > 0)
 
@@ -141,7 +147,7 @@ class GraphDataModule(pl.LightningDataModule):
         span = _contiguous_range(self.train_set) if self.train_set is not None else None
         if span is not None:
             return InMemoryBatches(*span, batch_size=self.batch_size)
-        return self._loader(self.train_set, shuffle=False)
+        return self._loader(self.train_set, shuffle=False, shard=False)  # sharded by batch in training
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)

@@ -1,0 +1,80 @@
+"""Two CPU processes (gloo DDP) against one: statistical init of MinMax -> PCA -> RX -> head
+is sharded and all-reduced to the single-process buffers (1e-10 relative) on 7 training
+cubes (not divisible by 2); the validation metrics the 2-process run logs equal a
+single-process validation of the same weights on the same 5 cubes; one run directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from ddp_script import build_graph, datamodule
+
+from cuvis_graph import Graph
+from cuvis_graph.runs import read_run_json
+
+HERE = Path(__file__).parent
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    env = {**os.environ, "CUVIS_GRAPH_RUNS_ROOT": str(out / "runs"), "PYTHONPATH": os.pathsep.join(
+        [str(HERE.parent), str(HERE), os.environ.get("PYTHONPATH", "")])}
+    for key in ("LOCAL_RANK", "RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, str(HERE / "ddp_script.py"), str(out), "2"], env=env, cwd=HERE.parent,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, json.loads((out / "result.json").read_text())
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|; tensors that are zero up to rounding (the mean of centred PCA
+    scores is ~1e-10) are measured against 1e-5, far below the data's scale."""
+    a, b = a.double(), b.double()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-5))
+
+
+def test_ddp_statistical_init_equals_single_process(ddp_run):
+    out, result = ddp_run
+    run_dirs = list((out / "runs" / "ddp_pca_rx").iterdir())
+    assert len(run_dirs) == 1, run_dirs  # rank 1 wrote no run directory of its own
+    assert read_run_json(run_dirs[0])["status"] == "completed"
+    state = torch.load(run_dirs[0] / "checkpoints" / "statistics" / "final.ckpt", weights_only=True)["state_dict"]
+
+    single = build_graph()
+    single.train(datamodule(), {"trainer": {"max_epochs": 0, "accelerator": "cpu", "enable_progress_bar": False}},
+                 run_dir=False)
+    compared = []
+    for name, node in single.nodes.items():
+        for key, value in node.state_dict().items():
+            if key == "_fitted" or value.numel() == 0 or not value.is_floating_point():
+                continue
+            ddp_value = state[f"graph_nodes.{name}.{key}"]
+            assert ddp_value.shape == value.shape, (name, key)
+            assert _rel(ddp_value, value) <= 1e-10, (name, key, _rel(ddp_value, value))
+            compared.append((f"{name}.{key}", _rel(ddp_value, value)))
+    assert {"norm.min", "pca.mean", "pca.components", "rx.mean", "rx.whitening", "head.score_mean"} <= \
+        {k for k, _ in compared}
+    print("\nDDP vs single-process buffers, max relative difference: "
+          + ", ".join(f"{k} {r:.1e}" for k, r in compared))
+    assert result["fit_passes"] == 4
+
+
+def test_ddp_validation_metrics_equal_single_process_on_same_weights(ddp_run):
+    out, result = ddp_run
+    graph = Graph.load(out / "model")
+    single = graph.train(datamodule(), {"trainer": {"max_epochs": 0, "accelerator": "cpu",
+                                                    "enable_progress_bar": False}}, run_dir=False)
+    assert single.fit.passes == 0  # the loaded weights are validated as they are
+    ddp_val = {k: v for k, v in result["metrics"].items() if k.startswith("val/")}
+    assert {"val/loss", "val/det/auroc", "val/det/f1", "val/det/average_precision"} <= set(ddp_val)
+    for key, value in ddp_val.items():
+        assert single.initial_metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
