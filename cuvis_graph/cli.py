@@ -2,16 +2,21 @@
 
 ::
 
-    cuvis-graph train    PIPELINE.yaml [OVERRIDES...] [-m] [--runs-dir DIR] [--save-predictions]
+    cuvis-graph train    PIPELINE.yaml [OVERRIDES...] [-m] [--runs-dir DIR] [--resume auto|RUN_DIR]
+                         [--save-predictions]
     cuvis-graph validate PIPELINE.yaml [OVERRIDES...]
     cuvis-graph show     PIPELINE.yaml [OVERRIDES...] [--format text|mermaid|png] [-o FILE]
     cuvis-graph nodes    [--markdown] [-o FILE]
+    cuvis-graph predict  MODEL_DIR INPUT... --out DIR [--threshold X]
+    cuvis-graph export   MODEL_DIR --format onnx [-o FILE]
 
 Overrides are Hydra overrides: ``training.trainer.max_epochs=3``,
 ``nodes.rx.params.eps=1e-9``, config groups next to the pipeline file (``data=abu_mat``,
 ``training=fast``), ``+key=value`` to add a key. With ``-m/--multirun`` comma-separated
 values (``a=1,2``, ``range(...)``, ``choice(...)``) are swept: every combination is
-validated first, then each trains into its own run directory.
+validated first, then each trains into its own run directory. Under DDP
+(``training.trainer.devices=2 training.trainer.strategy=ddp``) Lightning runs the command
+again for ranks 1..N-1; those join rank 0's run directory and print nothing.
 
 Errors exit with status 1 and one message naming the place (YAML path, node, override);
 ``--debug`` adds the traceback. Nothing is written before the pipeline validates.
@@ -20,12 +25,14 @@ Errors exit with status 1 and one message naming the place (YAML path, node, ove
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .distributed import RUN_DIR_ENV, worker_rank
 from .errors import CuvisGraphError
 
 __all__ = ["main", "build_parser"]
@@ -134,6 +141,8 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .spec import expand_sweeps
 
+    if args.multirun and args.resume:
+        raise CuvisGraphError("--resume continues one run; it cannot be combined with -m/--multirun")
     jobs = expand_sweeps(args.overrides, args.pipeline) if args.multirun else [list(args.overrides)]
     # validate every job before anything is written
     pipelines = [_load(args, job) for job in jobs]
@@ -161,10 +170,18 @@ def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) ->
     if overrides:
         spec["overrides"] = list(overrides)
     root = args.runs_dir or pipeline.training.run.root
-    run_dir = open_run(pipeline.name, root=root).path
-    atomic_write_text(run_dir / "pipeline.yaml", pipeline.resolved_yaml())  # re-runnable as it is
+    resume = getattr(args, "resume", None)
+    joined = os.environ.get(RUN_DIR_ENV) if worker_rank() > 0 else None
+    if joined:  # a DDP rank started by Lightning: rank 0 owns the run directory and the output
+        pipeline.graph.train(pipeline.datamodule, pipeline.training, pipeline_spec=spec)
+        return Path(joined), {}
+    run = open_run(pipeline.name, root=root, resume=resume)
+    run_dir = run.path
+    if not run.resuming:
+        atomic_write_text(run_dir / "pipeline.yaml", pipeline.resolved_yaml())  # re-runnable as it is
     try:
-        result = pipeline.graph.train(pipeline.datamodule, pipeline.training, run_dir=run_dir, pipeline_spec=spec)
+        result = pipeline.graph.train(pipeline.datamodule, pipeline.training, run_dir=run_dir, pipeline_spec=spec,
+                                      resume=run_dir if run.resuming else None)
     except CuvisGraphError as exc:
         raise CuvisGraphError(f"run {run_dir} failed: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - reported with the run directory; --debug shows the chain
@@ -245,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("-m", "--multirun", action="store_true",
                        help="sweep comma-separated override values; one run directory per combination")
+    train.add_argument("--resume", metavar="auto|RUN_DIR",
+                       help="continue a run from its last checkpoint / current stage ('auto': the newest run of "
+                            "this pipeline)")
     train.add_argument("--runs-dir", metavar="DIR", help="root of the run directories (default: training.run.root, "
                                                          "'runs')")
     train.add_argument("--save-predictions", action="store_true",
