@@ -18,12 +18,16 @@ def rowwise_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
     With the row sorted, ``h = (N - 1) q``: ``x_(floor h) + (h - floor h) (x_(ceil h) - x_(floor h))``.
     Sort-based, so it has no element limit (``torch.quantile`` refuses more than 2^24).
     """
-    n = values.shape[-1]
     ordered, _ = torch.sort(values, dim=-1)
+    # index arithmetic in tensors (float64), so an ONNX export keeps N dynamic
+    n = torch.ones_like(values, dtype=torch.float64).sum(-1, keepdim=True)  # [B, 1] = N
     h = (n - 1) * float(q)
-    lo, hi = int(h // 1), min(int(h // 1) + 1, n - 1)
-    frac = h - lo
-    return ordered[..., lo] + frac * (ordered[..., hi] - ordered[..., lo])
+    lo = torch.floor(h)
+    hi = torch.minimum(lo + 1, n - 1)
+    frac = (h - lo).to(values.dtype)
+    low = ordered.gather(-1, lo.long()).squeeze(-1)
+    high = ordered.gather(-1, hi.long()).squeeze(-1)
+    return low + frac.squeeze(-1) * (high - low)
 
 
 @register

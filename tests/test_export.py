@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from cuvis_graph.nodes import MinMaxNormalizer, RXGlobal
+from cuvis_graph.nodes import MinMaxNormalizer, QuantileDecider, RXGlobal
 
 from cuvis_graph import Graph, GraphDataModule, Node, NotFittedError, PortSpec
 from cuvis_graph.cli import main
@@ -44,6 +44,16 @@ def rx_graph() -> Graph:
 
 
 @pytest.fixture(scope="module")
+def decider_graph() -> Graph:
+    """RX with a per-image quantile decider: the quantile index must follow the image size."""
+    graph = Graph("norm_rx_quantile")
+    norm = graph.add_node(MinMaxNormalizer(), name="norm")
+    rx = graph.add_node(RXGlobal(eps=1e-9), parent=norm, name="rx")
+    graph.add_node(QuantileDecider(q=0.9), parent=rx, name="decide")
+    return fit(graph)
+
+
+@pytest.fixture(scope="module")
 def selector_graph() -> Graph:
     pipeline = load_pipeline(ROOT / "pipelines" / "selector_rx_bce.yaml", [
         "data=synthetic", "data.params.n_train=4", "data.params.n_val=1", "data.params.n_test=0",
@@ -71,7 +81,7 @@ def onnx_vs_eager(graph: Graph, path: Path, shape: tuple[int, int, int, int], sc
     return worst_abs, worst_rel
 
 
-@pytest.mark.parametrize("which", ["rx_graph", "selector_graph"])
+@pytest.mark.parametrize("which", ["rx_graph", "selector_graph", "decider_graph"])
 def test_onnx_parity_and_dynamic_shapes(which: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     graph: Graph = request.getfixturevalue(which)
     c = graph.data_spec.n_channels
