@@ -78,3 +78,25 @@ def test_ddp_validation_metrics_equal_single_process_on_same_weights(ddp_run):
     assert {"val/loss", "val/det/auroc", "val/det/f1", "val/det/average_precision"} <= set(ddp_val)
     for key, value in ddp_val.items():
         assert single.initial_metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+
+
+def test_cli_ddp_run_writes_one_run_directory(tmp_path):
+    """``cuvis-graph train`` with 2 processes: rank 1 runs the command again and joins rank 0's
+    run; the staged pipeline completes with one run directory and one report."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LOCAL_RANK", "RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    cli = Path(sys.executable).parent / "cuvis-graph"
+    proc = subprocess.run(
+        [str(cli), "train", str(HERE.parent / "pipelines" / "selector_rx_staged.yaml"), "data.params.n_train=5",
+         "data.params.n_val=3", "data.params.height=16", "data.params.width=16", "data.params.batch_size=2",
+         "training.trainer.devices=2", "training.trainer.strategy=ddp", "training.trainer.accelerator=cpu",
+         "training.stages.1.max_epochs=1", "training.stages.2.max_epochs=1",
+         "training.trainer.enable_progress_bar=false", "--runs-dir", str(tmp_path / "runs")],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs" / "selector_rx_staged").iterdir()
+    assert proc.stdout.count("run directory:") == 1 and str(run_dir) in proc.stdout
+    assert read_run_json(run_dir)["status"] == "completed"
+    assert json.loads((run_dir / "stage_state.json").read_text())["completed_stages"] == \
+        ["statistics", "selector", "finetune"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # no per-rank output folders
