@@ -142,13 +142,11 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
     run = session.run if session is not None else worker_run
     writes = session is not None
     stages = config.resolved_stages()
-    if run is not None and run.resuming:
-        state = StageState.load(run.path, [s.name for s in stages])
-    else:
-        state = StageState(run.path, [s.name for s in stages]) if run is not None else StageState(None, [])
-        state.data["stages"] = [s.name for s in stages]
+    stage_names = [s.name for s in stages]
+    state = StageState.load(run.path, stage_names) if run is not None and run.resuming \
+        else StageState(run.path if run is not None else None, stage_names)
     if not writes:
-        state.path = None
+        state.path = None  # DDP ranks > 0 read the state, never write it
     pl.seed_everything(config.seed, workers=True, verbose=False)
     if hasattr(datamodule, "prepare_data"):
         datamodule.prepare_data()
