@@ -191,6 +191,8 @@ def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) ->
         path = _save_predictions(pipeline, run_dir)
         _out(f"predictions: {path}")
     _out(f"run directory: {run_dir}")
+    if result.model_dir is not None:
+        _out(f"model: {result.model_dir}  (cuvis-graph predict {result.model_dir} INPUT... --out DIR)")
     _out("final metrics:")
     _out(_format_metrics(result.metrics))
     for failure in result.failures:

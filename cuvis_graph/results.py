@@ -29,6 +29,7 @@ class TrainResult:
         failures: side effects (monitors, visualizations, callbacks) that failed and were disabled.
         run_dir: the run directory (``None`` with ``run_dir=False``).
         stages: per completed stage: steps, epochs, losses, trainable nodes, final metrics.
+        model_dir: the trained graph saved in the run (``<run>/model``, see ``Graph.save``).
     """
 
     metrics: dict[str, float]
@@ -39,3 +40,4 @@ class TrainResult:
     failures: list[dict[str, Any]] = field(default_factory=list)
     run_dir: Path | None = None
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model_dir: Path | None = None

@@ -7,7 +7,10 @@ Layout of one run (``<root>/<pipeline-name>/<YYYYMMDD_HHMMSS_mmm>/``)::
     config.yaml          resolved pipeline + training config, library versions, git commit
     metrics.jsonl        one JSON line per logged step/epoch (the run's FileMonitor)
     artifacts/<stage>/   figures as PNG by step
-    checkpoints/         best.ckpt (or the save_top_k best), last.ckpt
+    checkpoints/         best.ckpt (or the save_top_k best), last.ckpt; with stages
+                         checkpoints/<stage>/ each, plus final.ckpt (see cuvis_graph.training)
+    stage_state.json     completed / current stage, each stage's steps, losses, checkpoint
+    model/               the trained graph (Graph.save): pipeline.yaml, weights, meta.json
     logs/training.log    log records of the run; logs/traceback.txt on failure
     lock                 {"pid", "host"} of the process training into this directory
 

@@ -7,7 +7,7 @@
       -> one validation (``initial_metrics``)
       -> for each stage: seed + index; freeze / unfreeze; refit named statistical nodes;
          Lightning fit for ``max_epochs``; ``checkpoints/<stage>/final.ckpt``
-      -> ``stage_state.json`` at every transition
+      -> ``stage_state.json`` at every transition; ``model/`` (``Graph.save``) at the end
 
 Without ``training.stages`` there is one stage, ``train``, with ``trainer.max_epochs``
 epochs, every node as built and every loss, checkpointing into ``checkpoints/``.
@@ -268,13 +268,22 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
             step.node.eval()
     fit = fits[0] if fits else FitReport()
     steps_total, epochs_total = state.offsets()
+    model_dir, model_error = None, None
+    if writes:  # the trained graph, ready for `cuvis-graph predict` / `Graph.load`
+        try:
+            model_dir = graph.save(run.path / "model")
+        except Exception as exc:  # noqa: BLE001 - e.g. an unregistered node type: noted, never fatal
+            model_error = f"{type(exc).__name__}: {exc}"
+            log.warning("the trained graph was not saved to %s: %s", run.path / "model", model_error)
     if session is not None:
         session.finish(metrics, initial, best=best, fit_passes=fit.passes, epochs=epochs_total,
-                       global_step=steps_total, completed_stages=state.completed)
+                       global_step=steps_total, completed_stages=state.completed,
+                       model=os.path.relpath(model_dir, run.path) if model_dir is not None else None,
+                       model_error=model_error)
     return TrainResult(metrics=metrics, fit=fit, initial_metrics=initial, trainer=trainer,
                        module=trainer.lightning_module if trainer is not None else module,
                        failures=list(hub.failures), run_dir=run.path if run is not None else None,
-                       stages={n: dict(state.info(n)) for n in state.completed})
+                       stages={n: dict(state.info(n)) for n in state.completed}, model_dir=model_dir)
 
 
 def _set_stage_modes(plan: Plan, frozen: frozenset[str]) -> None:

@@ -36,3 +36,25 @@ def test_cli_resume_and_multirun_are_refused_together(tmp_path: Path, capsys: py
                  "--runs-dir", str(tmp_path)]) == 1
     assert "cannot be combined with -m" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_trained_run_holds_a_model_that_cli_predict_reads(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import numpy as np
+    import torch
+
+    from cuvis_graph import Graph
+
+    runs = tmp_path / "runs"
+    overrides = [*TINY, "training.stages.1.max_epochs=1", "training.stages.2.max_epochs=1"]
+    assert main(["train", str(PIPELINE), *overrides, "--runs-dir", str(runs)]) == 0
+    (run_dir,) = (runs / "selector_rx_staged").iterdir()
+    assert f"model: {run_dir / 'model'}" in capsys.readouterr().out
+    assert read_run_json(run_dir)["model"] == "model"
+    cube = np.random.default_rng(0).uniform(size=(16, 16, 12)).astype(np.float32)
+    (tmp_path / "in").mkdir()
+    np.save(tmp_path / "in" / "scene.npy", cube)
+    assert main(["predict", str(run_dir / "model"), str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 0
+    scores = np.load(tmp_path / "out" / "scene" / "scores.npy")
+    expected = Graph.load(run_dir / "model").predict(torch.from_numpy(cube), output="head")
+    assert np.array_equal(scores, expected[..., 0].numpy())
