@@ -216,7 +216,7 @@ class Graph:
 
     # -- train -------------------------------------------------------------------------
     def train(self, datamodule: Any, config: TrainingConfig | Mapping[str, Any] | None = None, *,
-              callbacks: list[pl.Callback] | None = None, refit: bool = False,
+              callbacks: list[pl.Callback] | None = None, refit: bool | Sequence[str] = False,
               run_dir: str | os.PathLike | Literal[False] | None = None, runs_root: str | os.PathLike | None = None,
               resume: str | os.PathLike | None = None, pipeline_spec: Mapping[str, Any] | None = None) -> TrainResult:
         """Compile, fit statistics, then train the stages with Lightning (see
@@ -228,6 +228,7 @@ class Graph:
         ``resume="auto"`` continues the newest run of this graph from its ``last.ckpt``
         (``resume=<run dir | .ckpt>`` a given one) without repeating statistical init.
         ``callbacks``: extra Lightning callbacks; one that raises is reported and skipped.
+        ``refit``: fit already-fitted statistical nodes again (``True``: all; or their names).
         ``pipeline_spec``: the resolved YAML pipeline, written to ``config.yaml``.
         """
         from .training import check_stages, train_graph

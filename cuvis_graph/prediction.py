@@ -328,7 +328,7 @@ def predict_files(graph: Graph, inputs: Sequence[str | os.PathLike], out_dir: st
         a :class:`PredictionSummary`; ``summary.csv`` lists every input, failed ones with
         ``status=error`` and the message (which names the file).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from .data.readers import read_cube
     from .saving import check_channels, infer_n_channels

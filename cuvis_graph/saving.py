@@ -162,8 +162,9 @@ def _meta(graph: Graph) -> dict[str, Any]:
 
 
 def _pipeline_yaml(graph: Graph) -> str:
-    data = yaml.safe_load(graph.to_yaml())
-    data.pop("monitors", None)  # side effects of a run, not part of the model
+    from .spec import graph_to_yaml
+
+    data = yaml.safe_load(graph_to_yaml(graph, monitors=False))  # monitors: side effects of a run, not the model
     header = "# cuvis-graph saved model: structure and parameters (weights in weights.safetensors)\n"
     return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 

@@ -867,8 +867,9 @@ def _wiring_yaml(node: Any, wiring: Mapping[str, list[Any]]) -> dict[str, Any]:
 
 
 def graph_to_yaml(graph: Graph, path: str | os.PathLike | None = None, *, training: Any = None,
-                  data: Mapping[str, Any] | None = None) -> str:
-    """The pipeline YAML of ``graph`` (nodes, leaves, monitors; ``training``/``data`` when given).
+                  data: Mapping[str, Any] | None = None, monitors: bool = True) -> str:
+    """The pipeline YAML of ``graph`` (nodes, leaves, monitors unless ``monitors=False``;
+    ``training``/``data`` when given).
 
     Parameters are the constructor arguments each object recorded (``obj.hparams()``);
     ``Graph.from_yaml(graph.to_yaml())`` rebuilds the same graph (unfitted).
@@ -884,7 +885,7 @@ def graph_to_yaml(graph: Graph, path: str | os.PathLike | None = None, *, traini
             entry = _component(leaf, f"leaves.{name}")
             entry["parent"] = graph._leaf_parents[name].label()
             out["leaves"][name] = entry
-    if graph._monitors:
+    if graph._monitors and monitors:
         out["monitors"] = {}
         for i, monitor in enumerate(graph._monitors):
             name = getattr(monitor, "name", None) or f"{type(monitor).__name__.lower()}_{i}"

@@ -29,7 +29,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
@@ -133,7 +133,8 @@ class Trainability:
 
 # -- the lifecycle -------------------------------------------------------------------------
 def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks: list[pl.Callback] | None,
-                refit: bool, session: RunSession | None, worker_run: Run | None = None) -> TrainResult:
+                refit: bool | Sequence[str], session: RunSession | None,
+                worker_run: Run | None = None) -> TrainResult:
     """Run the lifecycle above.
 
     ``session``: the run directory this process writes (``None``: no files). ``worker_run``:
@@ -178,7 +179,8 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
     if not distributed:  # under DDP every rank fits its shard inside the first Lightning fit
         for step in plan.steps:
             step.node.to(device)
-        fits.append(fit_statistics(plan, loader, device=device, refit=refit and restore is None, progress=progress))
+        fits.append(fit_statistics(plan, loader, device=device, refit=refit if restore is None else False,
+                                   progress=progress))
         for step in plan.steps:
             step.node.prepare_for_train()
         if restore is None:
@@ -191,9 +193,7 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
     metrics, best, trainer = dict(initial), None, None
     try:
         if has_val and restore is None and not distributed:
-            validate = pl.Trainer(**{**kwargs, "max_epochs": 1}, logger=MonitorLogger(hub),
-                                  enable_checkpointing=False, enable_model_summary=False, default_root_dir=root)
-            initial = _floats(validate.validate(module, datamodule=datamodule, verbose=False)[0])
+            initial = _validate(module, datamodule, kwargs, hub, 0, root)
             metrics = dict(initial)
             if writes:
                 run.record["initial_metrics"] = initial
@@ -229,6 +229,8 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
                 stage_module.setup_task = _statistics_task(plan, loader, names, trainability, stage, frozen,
                                                            progress, fits, state)
             steps = epochs = 0
+            if stage.max_epochs == 0 and names and has_val and not distributed:  # what the refit changed
+                metrics = _validate(stage_module, datamodule, kwargs, hub, step_offset, root)
             if stage.max_epochs > 0 or stage_module.setup_task is not None:
                 if config.stages and stage.max_epochs > 0 and not distributed \
                         and not any(p.requires_grad for p in stage_module.parameters()):
@@ -284,6 +286,14 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
                        module=trainer.lightning_module if trainer is not None else module,
                        failures=list(hub.failures), run_dir=run.path if run is not None else None,
                        stages={n: dict(state.info(n)) for n in state.completed}, model_dir=model_dir)
+
+
+def _validate(module: GraphModule, datamodule: Any, trainer_kwargs: Mapping[str, Any], hub: MonitorHub,
+              step: int, root: str) -> dict[str, float]:
+    """One validation pass outside a fit (figures go under stage ``initial``)."""
+    trainer = pl.Trainer(**{**trainer_kwargs, "max_epochs": 1}, logger=MonitorLogger(hub, step),
+                         enable_checkpointing=False, enable_model_summary=False, default_root_dir=root)
+    return _floats(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
 
 
 def _set_stage_modes(plan: Plan, frozen: frozenset[str]) -> None:

@@ -164,3 +164,35 @@ def test_kill_in_stage_2_resumes_in_stage_2_and_ends_equal(staged, tmp_path):
 def straight_graph_state(staged) -> dict[str, torch.Tensor]:
     pipeline = staged[0]
     return {f"{n}.{k}": v for n, node in pipeline.graph.nodes.items() for k, v in node.state_dict().items()}
+
+
+def test_a_refit_only_stage_reports_metrics_of_the_refitted_graph(tmp_path):
+    pipeline = staged_pipeline("training.stages.1.max_epochs=1")
+    stages = pipeline.training.stages
+    refit_only = stages[2].model_copy(update={"name": "refit", "max_epochs": 0})
+    config = pipeline.training.model_copy(update={"stages": [stages[0], stages[1], refit_only]})
+    result = pipeline.graph.train(pipeline.datamodule, config, run_dir=tmp_path / "run")
+    assert result.stages["refit"]["refit"] == ["rx", "head"] and result.stages["refit"]["steps"] == 0
+    after = pipeline.graph.train(pipeline.datamodule, {"trainer": {"max_epochs": 0, "enable_progress_bar": False}},
+                                 run_dir=False)
+    assert after.fit.passes == 0
+    for key in ("val/loss/bce", "val/metrics/auroc"):  # (the stage's val/loss sums its own losses: bce only)
+        assert result.metrics[key] == pytest.approx(after.initial_metrics[key], rel=1e-6), key
+    assert result.metrics["val/loss/bce"] != result.stages["selector"]["metrics"]["val/loss/bce"]
+
+
+def test_train_refits_only_the_named_nodes():
+    pipeline = staged_pipeline()
+    graph, dm = pipeline.graph, pipeline.datamodule
+    quick = {"trainer": {"max_epochs": 0, "enable_progress_bar": False}}
+    graph.train(dm, quick, run_dir=False)
+    norm_min = graph["norm"].min.clone()
+    with torch.no_grad():
+        graph["rx"].mean.add_(1.0)  # a stale statistic
+        graph["norm"].min.add_(1.0)
+    result = graph.train(dm, quick, run_dir=False, refit=["rx"])
+    assert result.fit.levels == [["rx"]] and result.fit.passes == 1
+    assert torch.equal(graph["norm"].min, norm_min + 1.0)  # not refitted
+    outputs = [graph.predict(b["cube"], output="selector").double() for b in dm.statistics_dataloader()]
+    pixels = torch.cat([o.reshape(-1, o.shape[-1]) for o in outputs])
+    torch.testing.assert_close(graph["rx"].mean, pixels.mean(0), rtol=1e-9, atol=1e-12)
