@@ -1,6 +1,6 @@
 """cuvis-graph: declarative graph pipelines for hyperspectral machine learning."""
 
-from .config import OptimizerConfig, SchedulerConfig, TrainerConfig, TrainingConfig
+from .config import OptimizerConfig, SchedulerConfig, StageConfig, TrainerConfig, TrainingConfig
 from .data import GraphDataModule, SyntheticHSIDataModule
 from .errors import CompileError, ConfigError, CuvisGraphError, NotFittedError
 from .graph import Graph
@@ -23,6 +23,7 @@ __all__ = [
     "TrainingConfig",
     "TrainerConfig",
     "OptimizerConfig",
+    "StageConfig",
     "SchedulerConfig",
     "GraphDataModule",
     "SyntheticHSIDataModule",

@@ -148,7 +148,9 @@ class StageConfig(StrictModel):
     * ``optimizer`` / ``scheduler``: replace the training-wide ones for this stage.
     * ``refit``: statistical nodes fitted again, on the data as this stage sees it, before
       the stage starts (e.g. RX after the selector changed); ``"all"`` for every one.
-    * ``max_epochs=0``: a statistics-only stage (refit, no gradients).
+    * ``max_epochs=0``: a statistics-only stage (refit, no gradients). Frozen nodes run in
+      eval mode, so ``{max_epochs: 0, trainable: [], refit: [rx]}`` refits RX on what
+      inference sees (e.g. a ``hard=True`` selector's top-k mask).
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
