@@ -196,3 +196,18 @@ def test_train_refits_only_the_named_nodes():
     outputs = [graph.predict(b["cube"], output="selector").double() for b in dm.statistics_dataloader()]
     pixels = torch.cat([o.reshape(-1, o.shape[-1]) for o in outputs])
     torch.testing.assert_close(graph["rx"].mean, pixels.mean(0), rtol=1e-9, atol=1e-12)
+
+
+def test_a_frozen_refit_stage_fits_on_what_inference_sees():
+    """``trainable: []`` freezes everything: the refit runs the hard selector in eval mode
+    (its top-k mask), so RX's mean is the mean of the inference-time selection."""
+    pipeline = staged_pipeline("nodes.selector.params.hard=true")
+    stages = pipeline.training.stages
+    harden = stages[2].model_copy(update={"name": "harden", "max_epochs": 0, "trainable": [], "refit": ["rx"]})
+    config = pipeline.training.model_copy(update={"stages": [stages[0], stages[1], harden]})
+    graph, dm = pipeline.graph, pipeline.datamodule
+    graph.train(dm, config, run_dir=False)
+    outputs = [graph.predict(b["cube"], output="selector").double() for b in dm.statistics_dataloader()]
+    pixels = torch.cat([o.reshape(-1, o.shape[-1]) for o in outputs])
+    assert int((pixels.abs().sum(0) > 0).sum()) == 4  # n_select=4 bands pass the hard mask
+    torch.testing.assert_close(graph["rx"].mean, pixels.mean(0), rtol=1e-9, atol=1e-12)
