@@ -115,4 +115,9 @@ class StandardNormalizer(_AffineMixin, Node):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._build_affine(x.shape[-1])
-        return self._apply_affine((x - self.mean) / (self.std + self.eps))
+        # (x - mu) / (sigma + eps) with the division in place: one fresh cube instead of two,
+        # same bits (out of place only when the division would promote the dtype)
+        centred, denom = torch.sub(x, self.mean), self.std + self.eps
+        if torch.result_type(centred, denom) == centred.dtype:
+            return self._apply_affine(centred.div_(denom))
+        return self._apply_affine(centred / denom)
