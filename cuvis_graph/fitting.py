@@ -42,6 +42,29 @@ def move_batch(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+#: Pixels per executor call in a statistics pass: a batch is run in slices of whole images so
+#: the intermediate cubes stay small (allocated once and reused instead of page-faulted in
+#: per batch). Sufficient statistics do not depend on how samples are grouped.
+FIT_SLICE_PIXELS = 65536
+
+
+def _slices(batch: Mapping[str, Any], max_pixels: int | None = None) -> Iterable[Mapping[str, Any]]:
+    """``batch`` cut along B into parts of at most ``max_pixels`` pixels (at least one image);
+    per-sample tensors (``ndim >= 2``, first dim B) are sliced, the rest (``wavelengths``) shared."""
+    cube = batch.get("cube")
+    if not isinstance(cube, torch.Tensor) or cube.ndim != 4:
+        yield batch
+        return
+    b, h, w = cube.shape[:3]
+    step = max(1, (max_pixels or FIT_SLICE_PIXELS) // max(h * w, 1))
+    if step >= b:
+        yield batch
+        return
+    for i in range(0, b, step):
+        yield {k: v[i:i + step] if isinstance(v, torch.Tensor) and v.ndim >= 2 and v.shape[0] == b else v
+               for k, v in batch.items()}
+
+
 def fit_statistics(
     plan: Plan,
     loader_factory: Callable[[], Iterable[Mapping[str, Any]]],
@@ -71,14 +94,14 @@ def fit_statistics(
         desc = f"statistics {depth}/{len(levels)} ({', '.join(names)})"
         with torch.no_grad():
             for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-                batch = move_batch(batch, device)
-                outputs = executor.run(batch, only=needed)
-                for name in names:
-                    step = plan.step(name)
-                    inputs = executor.node_inputs(step, batch, outputs)
-                    if name not in accumulators:
-                        accumulators[name] = step.node.create_accumulators(**inputs)
-                    step.node.update_statistics(accumulators[name], **inputs)
+                for part in _slices(move_batch(batch, device)):
+                    outputs = executor.run(part, only=needed)
+                    for name in names:
+                        step = plan.step(name)
+                        inputs = executor.node_inputs(step, part, outputs)
+                        if name not in accumulators:
+                            accumulators[name] = step.node.create_accumulators(**inputs)
+                        step.node.update_statistics(accumulators[name], **inputs)
                 report.batches += 1
         report.passes += 1
         for name in names:

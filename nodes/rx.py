@@ -16,6 +16,10 @@ __all__ = ["RXGlobal", "whitening_from_covariance"]
 log = logging.getLogger(__name__)
 
 
+#: Rows per block when scoring without gradients (two float64 buffers of 4096 x C stay in cache).
+SCORE_BLOCK_ROWS = 4096
+
+
 def whitening_from_covariance(cov: torch.Tensor, eps: float, where: str = "RX") -> torch.Tensor:
     """Lower-triangular ``W = L^{-1}`` with ``L L^T = cov + eps * (tr(cov)/C) * I`` (float64).
 
@@ -126,8 +130,30 @@ class RXGlobal(Node):
         return w.T @ w
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.trainable_stats and not torch.is_grad_enabled() and not torch.jit.is_tracing():
+            return self._score_in_blocks(x)
         z = (x.to(torch.float64) - self.mean) @ self.whitening.T
         if self.trainable_stats:
             eye = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
             z = (z - self.mean_update) @ (eye + torch.tril(self.factor_update)).T
         return (z * z).sum(dim=-1, keepdim=True).to(x.dtype)
+
+    def _score_in_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference scoring, same values as the differentiable path: rows in blocks of
+        ``SCORE_BLOCK_ROWS`` through reused float64 buffers (no full-scene float64 temporaries)."""
+        c = x.shape[-1]
+        rows = x.reshape(-1, c)
+        n = rows.shape[0]
+        scores = torch.empty(n, dtype=torch.float64, device=x.device)
+        size = min(SCORE_BLOCK_ROWS, max(n, 1))
+        centred = torch.empty(size, c, dtype=torch.float64, device=x.device)
+        whitened = torch.empty(size, c, dtype=torch.float64, device=x.device)
+        projection = self.whitening.T
+        for start in range(0, n, size):
+            block = rows[start:start + size]
+            k = block.shape[0]
+            centred[:k].copy_(block).sub_(self.mean)
+            torch.mm(centred[:k], projection, out=whitened[:k])
+            whitened[:k].mul_(whitened[:k])
+            torch.sum(whitened[:k], dim=-1, out=scores[start:start + k])
+        return scores.reshape(*x.shape[:-1], 1).to(x.dtype)
