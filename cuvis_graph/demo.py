@@ -35,9 +35,10 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--root", default="runs")
     args = parser.parse_args(argv)
     graph = build_graph()
-    print(graph.describe())
+    data = SyntheticHSIDataModule()
+    print(graph.describe(data))
     config = TrainingConfig(trainer=TrainerConfig(max_epochs=args.epochs), optimizer=OptimizerConfig(lr=0.05))
-    result = graph.train(SyntheticHSIDataModule(), config, runs_root=args.root)
+    result = graph.train(data, config, runs_root=args.root)
     run_dir = result.run_dir
     print(f"\nstatistical init: {result.fit.passes} passes over the training data")
     for key in ("val/detection/f1", "val/detection/auroc", "val/loss"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import CompileError
 from .leaves import LossNode, MetricNode, VisualizationNode
@@ -19,10 +19,11 @@ def _dims(dims: tuple) -> str:
     return "[" + ",".join("?" if d is None else str(d) for d in dims) + "]"
 
 
-def describe_graph(graph: Graph) -> str:
-    """Rows for nodes (topological order when the graph compiles) and leaves."""
+def describe_graph(graph: Graph, datamodule: Any = None) -> str:
+    """Rows for nodes (topological order when the graph compiles) and leaves; output shapes
+    use the channel count of ``datamodule`` (or of the data the graph was trained on)."""
     try:
-        plan = graph.compile()
+        plan = graph.compile(datamodule if datamodule is not None else graph.data_spec)
         order, dims, note = plan.node_names, plan.output_dims, ""
     except CompileError as exc:
         order, dims, note = list(graph._nodes), {}, f"\n(does not compile: {len(exc.problems)} problem(s))"

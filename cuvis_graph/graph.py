@@ -188,11 +188,12 @@ class Graph:
         """Run every compile check without reading data; raises one ``CompileError``."""
         return self.compile(datamodule)
 
-    def describe(self) -> str:
-        """A table: name, type, parents, output dims, trainable/statistical, parameters."""
+    def describe(self, datamodule: Any = None) -> str:
+        """A table: name, type, parents, output dims (channels from ``datamodule`` or the data
+        last trained on), trainable/statistical, parameters."""
         from .describe import describe_graph
 
-        return describe_graph(self)
+        return describe_graph(self, datamodule)
 
     # -- YAML (see cuvis_graph.spec) ---------------------------------------------------------
     @classmethod

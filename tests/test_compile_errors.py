@@ -15,6 +15,7 @@ from cuvis_graph.nodes import (
 )
 
 from cuvis_graph import CompileError, Graph, GraphDataModule, LeafNode, Node, PortSpec
+from cuvis_graph.plan import DataSpec
 
 
 # -- tiny test nodes ----------------------------------------------------------------------
@@ -363,6 +364,8 @@ def test_validate_without_data_and_describe():
         assert row is not None, (name, table)
         assert row.split()[1] == typ
     assert "does not compile" not in table
+    assert "out[?,?,?,?]" in table  # no data: channels unknown
+    assert "out[?,?,?,7]" in g.describe(DataSpec(n_channels=7, batch_keys=frozenset({"cube", "mask"})))
 
 
 def test_describe_of_a_broken_graph_still_lists_nodes():
