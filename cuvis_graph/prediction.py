@@ -28,7 +28,6 @@ import io
 import math
 import os
 import sys
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ import torch
 
 from .errors import CuvisGraphError, did_you_mean
 from .plan import DataSpec
-from .runs import atomic_write_text
+from .runs import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:
     from .graph import Graph
@@ -268,33 +267,14 @@ def overlay_image(rgb: np.ndarray, mask: np.ndarray, scores: np.ndarray) -> np.n
 
 
 # -- atomic files -------------------------------------------------------------------------------
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{threading.get_ident()}{path.suffix}")
-
-
-def _atomic(path: Path, write: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _save_npy(path: Path, array: np.ndarray) -> Path:
-    return _atomic(path, lambda fh: np.save(fh, array, allow_pickle=False))
+    return atomic_write(path, lambda fh: np.save(fh, array, allow_pickle=False))
 
 
 def _save_png(path: Path, image: np.ndarray) -> Path:
     import matplotlib.image
 
-    return _atomic(path, lambda fh: matplotlib.image.imsave(fh, image, format="png"))
+    return atomic_write(path, lambda fh: matplotlib.image.imsave(fh, image, format="png"))
 
 
 def _write_summary(path: Path, results: Sequence[FileResult]) -> Path:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from cuvis_graph import Graph, MonitoringNode, TrainingConfig
@@ -66,3 +72,22 @@ class BrokenMonitor(MonitoringNode):
 
     def log_artifact(self, artifact, name, step, stage) -> None:
         pass
+
+
+def kill_when_marked(script: Path, run_dir: Path, marker: Path, timeout: float = 120.0) -> None:
+    """Start ``python script run_dir marker``; SIGKILL it once it has written ``marker``."""
+    tests = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, str(script), str(run_dir), str(marker)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + timeout
+        while not marker.exists():
+            assert child.poll() is None, child.stdout.read().decode()
+            assert time.time() < deadline, f"{script.name} never wrote its marker"
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.wait(30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()

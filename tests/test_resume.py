@@ -6,15 +6,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
-from runs_helpers import build_graph, config, datamodule
+from runs_helpers import build_graph, config, datamodule, kill_when_marked
 
 from cuvis_graph import Graph
 from cuvis_graph.callbacks import AtomicCheckpointIO
@@ -43,20 +40,7 @@ def straight(tmp_path_factory):
 def test_kill_during_epoch_3_then_resume_is_bit_exact(straight, tmp_path):
     graph0, result0, run0 = straight
     run_dir, marker = tmp_path / "run", tmp_path / "marker"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
-    child = subprocess.Popen([sys.executable, str(HERE / "resume_child.py"), str(run_dir), str(marker)],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 90
-        while not marker.exists():
-            assert child.poll() is None, child.stdout.read().decode()
-            assert time.time() < deadline, "child never reached epoch 3"
-            time.sleep(0.05)
-        os.kill(child.pid, signal.SIGKILL)
-        assert child.wait(30) == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
+    kill_when_marked(HERE / "resume_child.py", run_dir, marker)
     assert read_run_json(run_dir)["status"] == "running"  # killed: nobody wrote an end state
     killed = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert (killed["epoch"], killed["global_step"]) == (1, 4)  # end of epoch 2 (0-based epoch 1)

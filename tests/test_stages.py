@@ -6,16 +6,12 @@ resumes in stage 2 and ends equal to an uninterrupted run."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from runs_helpers import kill_when_marked
 from stages_helpers import StageRecorder, staged_pipeline
 
 from cuvis_graph import Graph, TrainingConfig
@@ -124,20 +120,7 @@ def test_stage_config_rejects_both_trainable_and_frozen():
 def test_kill_in_stage_2_resumes_in_stage_2_and_ends_equal(staged, tmp_path):
     _, _, straight, run0 = staged
     run_dir, marker = tmp_path / "run", tmp_path / "marker"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
-    child = subprocess.Popen([sys.executable, str(HERE / "stages_child.py"), str(run_dir), str(marker)],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 120
-        while not marker.exists():
-            assert child.poll() is None, child.stdout.read().decode()
-            assert time.time() < deadline, "child never reached stage 2, epoch 2"
-            time.sleep(0.05)
-        os.kill(child.pid, signal.SIGKILL)
-        assert child.wait(30) == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
+    kill_when_marked(HERE / "stages_child.py", run_dir, marker)
     state = json.loads((run_dir / "stage_state.json").read_text())
     assert state["completed_stages"] == ["statistics"] and state["current_stage"] == "selector"
     assert torch.load(run_dir / "checkpoints" / "selector" / "last.ckpt", weights_only=True)["epoch"] == 0
