@@ -4,7 +4,8 @@ Lightning's ``ddp`` strategy starts ranks 1..N-1 by running the user's script ag
 ``LOCAL_RANK``/``NODE_RANK`` set. ``graph.train`` in such a worker process joins the run of
 rank 0 (passed in ``CUVIS_GRAPH_DDP_RUN_DIR`` / ``CUVIS_GRAPH_DDP_RESUMING``) and writes no
 run files; statistical init runs inside the Lightning fit on every rank, each rank streaming
-its shard and the accumulators all-reduced (see :mod:`cuvis_graph.training`).
+its shard and the accumulators all-reduced (see :mod:`cuvis_graph.training`). A resumed run
+passes its checkpoint in ``CUVIS_GRAPH_DDP_RESUME_CKPT`` so every rank restores the same state.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from typing import Any
 import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler
 
-__all__ = ["worker_rank", "ShardSampler", "shard_batches", "distributed_shape", "RUN_DIR_ENV", "RESUMING_ENV"]
+__all__ = ["worker_rank", "ShardSampler", "shard_batches", "distributed_shape", "RUN_DIR_ENV", "RESUMING_ENV",
+           "RESUME_CKPT_ENV"]
 
 RUN_DIR_ENV = "CUVIS_GRAPH_DDP_RUN_DIR"
 RESUMING_ENV = "CUVIS_GRAPH_DDP_RESUMING"
+RESUME_CKPT_ENV = "CUVIS_GRAPH_DDP_RESUME_CKPT"
 
 
 def worker_rank() -> int:

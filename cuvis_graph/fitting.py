@@ -50,7 +50,7 @@ FIT_SLICE_PIXELS = 65536
 
 def _slices(batch: Mapping[str, Any], max_pixels: int | None = None) -> Iterable[Mapping[str, Any]]:
     """``batch`` cut along B into parts of at most ``max_pixels`` pixels (at least one image);
-    per-sample tensors (``ndim >= 2``, first dim B) are sliced, the rest (``wavelengths``) shared."""
+    per-sample tensors (first dim B) are sliced, the rest (``wavelengths``) shared."""
     cube = batch.get("cube")
     if not isinstance(cube, torch.Tensor) or cube.ndim != 4:
         yield batch
@@ -61,8 +61,13 @@ def _slices(batch: Mapping[str, Any], max_pixels: int | None = None) -> Iterable
         yield batch
         return
     for i in range(0, b, step):
-        yield {k: v[i:i + step] if isinstance(v, torch.Tensor) and v.ndim >= 2 and v.shape[0] == b else v
-               for k, v in batch.items()}
+        yield {k: v[i:i + step] if _per_sample(k, v, b) else v for k, v in batch.items()}
+
+
+def _per_sample(key: str, value: Any, batch_size: int) -> bool:
+    """A tensor with one entry per image (``[B, ...]``); ``wavelengths`` ``[C]`` is shared."""
+    return isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == batch_size \
+        and key != "wavelengths"
 
 
 def fit_statistics(

@@ -15,7 +15,7 @@ import torch
 
 from .compiler import compile_graph
 from .config import TrainingConfig, parse_config
-from .distributed import RESUMING_ENV, RUN_DIR_ENV, worker_rank
+from .distributed import RESUME_CKPT_ENV, RESUMING_ENV, RUN_DIR_ENV, worker_rank
 from .errors import CuvisGraphError, Problem
 from .fitting import move_batch
 from .leaves import LeafNode, MonitoringNode
@@ -241,7 +241,9 @@ class Graph:
             return train_graph(self, datamodule, config, callbacks, refit, None)
         joined = os.environ.get(RUN_DIR_ENV)
         if worker_rank() > 0 and joined:  # a DDP rank started by Lightning: rank 0 owns the run directory
-            worker = Run(Path(joined), self.name, resuming=os.environ.get(RESUMING_ENV) == "1")
+            ckpt = os.environ.get(RESUME_CKPT_ENV)
+            worker = Run(Path(joined), self.name, resume_checkpoint=Path(ckpt) if ckpt else None,
+                         resuming=os.environ.get(RESUMING_ENV) == "1")
             return train_graph(self, datamodule, config, callbacks, refit, None, worker_run=worker)
         run = open_run(self.name, root=runs_root or config.run.root, run_dir=run_dir, resume=resume)
         with RunSession(run) as session:

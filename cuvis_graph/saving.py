@@ -169,6 +169,13 @@ def _pipeline_yaml(graph: Graph) -> str:
     return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
+def _is_model_meta(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("format") == "cuvis-graph-model"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 # -- save ----------------------------------------------------------------------------------
 def save_graph(graph: Graph, path: str | os.PathLike) -> Path:
     """Save ``graph`` into the directory ``path`` (created or atomically replaced); returns it.
@@ -183,10 +190,11 @@ def save_graph(graph: Graph, path: str | os.PathLike) -> Path:
     if target.exists():
         if not target.is_dir():
             raise CuvisGraphError(f"cannot save the model to {target}: it exists and is not a directory")
-        entries = [p.name for p in target.iterdir()]
-        if entries and not (target / META_FILE).is_file():
-            raise CuvisGraphError(f"cannot save the model to {target}: the directory is not empty and holds no "
-                                  f"saved model ({META_FILE}); refusing to replace it")
+        entries = {p.name for p in target.iterdir()}
+        if entries and (entries - set(_MODEL_FILES) or not _is_model_meta(target / META_FILE)):
+            raise CuvisGraphError(f"cannot save the model to {target}: the directory is not empty and is not a "
+                                  f"saved model (only {', '.join(_MODEL_FILES)} with a cuvis-graph {META_FILE}); "
+                                  "refusing to replace it")
     pipeline_text = _pipeline_yaml(graph)  # fails early on unregistered types, before writing
     state = graph_state(graph)
     meta = _meta(graph)

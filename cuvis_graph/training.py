@@ -38,7 +38,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from .callbacks import AtomicCheckpointIO, SafeCallback, build_callbacks
 from .config import StageConfig, TrainingConfig
-from .distributed import RESUMING_ENV, RUN_DIR_ENV, shard_batches
+from .distributed import RESUME_CKPT_ENV, RESUMING_ENV, RUN_DIR_ENV, shard_batches
 from .errors import ConfigError, Problem, did_you_mean
 from .fitting import FitReport, fit_statistics
 from .leaves import LossNode
@@ -122,7 +122,7 @@ class Trainability:
         if stage.trainable is not None:
             frozen = {s.name for s in self.plan.steps if s.name not in stage.trainable}
             for s in self.plan.steps:
-                if s.name not in frozen:
+                if s.name not in frozen and s.node._frozen:  # frozen by the user: the stage trains it
                     s.node.unfreeze()
         else:
             frozen = set(stage.frozen or [])
@@ -160,6 +160,7 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
     if distributed and writes:  # ranks 1..N-1 re-run the script: tell them which run to join
         os.environ[RUN_DIR_ENV] = str(run.path)
         os.environ[RESUMING_ENV] = "1" if run.resuming else "0"
+        os.environ[RESUME_CKPT_ENV] = str(run.resume_checkpoint or "")
     device = _init_device(config.trainer.accelerator)
     monitors = list(graph.monitors)
     if writes:
@@ -191,6 +192,10 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
     trainability = Trainability(plan)
     initial: dict[str, float] = dict(run.record.get("initial_metrics") or {}) if restore is not None else {}
     metrics, best, trainer = dict(initial), None, None
+    if restore is not None and state.completed:  # what the stages done so far ended with
+        last = state.info(state.completed[-1])
+        metrics = {k: v for k, v in (last.get("metrics") or {}).items() if v is not None} or metrics
+        best = last.get("best")
     try:
         if has_val and restore is None and not distributed:
             initial = _validate(module, datamodule, kwargs, hub, 0, root)

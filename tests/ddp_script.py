@@ -59,10 +59,24 @@ def config(devices: int, epochs: int = 1) -> TrainingConfig:
         "stages": [{"name": "statistics", "max_epochs": 0}, {"name": "train", "max_epochs": epochs}]})
 
 
+def plain_config(devices: int, epochs: int) -> TrainingConfig:
+    """No stages: statistical init, then ``epochs`` epochs (the default single stage)."""
+    data = config(devices).model_dump()
+    data.pop("stages")
+    data["trainer"]["max_epochs"] = epochs
+    return TrainingConfig.model_validate(data)
+
+
 if __name__ == "__main__":
     out, devices = Path(sys.argv[1]), int(sys.argv[2])
+    mode = sys.argv[3] if len(sys.argv) > 3 else "stages"  # stages | plain:<epochs> | resume:<epochs>
     graph = build_graph()
-    result = graph.train(datamodule(), config(devices))
+    if mode == "stages":
+        result = graph.train(datamodule(), config(devices))
+    else:
+        kind, epochs = mode.split(":")
+        where = {"resume": out / "run"} if kind == "resume" else {"run_dir": out / "run"}
+        result = graph.train(datamodule(), plain_config(devices, int(epochs)), **where)
     if worker_rank() == 0:
         graph.save(out / "model")
         (out / "result.json").write_text(json.dumps({"metrics": result.metrics, "run_dir": str(result.run_dir),

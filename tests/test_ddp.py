@@ -22,16 +22,20 @@ HERE = Path(__file__).parent
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp")
+def _run_script(out: Path, *args: str, timeout: float = 300) -> None:
     env = {**os.environ, "CUVIS_GRAPH_RUNS_ROOT": str(out / "runs"), "PYTHONPATH": os.pathsep.join(
         [str(HERE.parent), str(HERE), os.environ.get("PYTHONPATH", "")])}
     for key in ("LOCAL_RANK", "RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    proc = subprocess.run([sys.executable, str(HERE / "ddp_script.py"), str(out), "2"], env=env, cwd=HERE.parent,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(HERE / "ddp_script.py"), str(out), "2", *args], env=env,
+                          cwd=HERE.parent, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    _run_script(out)
     return out, json.loads((out / "result.json").read_text())
 
 
@@ -100,3 +104,14 @@ def test_cli_ddp_run_writes_one_run_directory(tmp_path):
     assert json.loads((run_dir / "stage_state.json").read_text())["completed_stages"] == \
         ["statistics", "selector", "finetune"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # no per-rank output folders
+
+
+def test_ddp_resume_of_a_run_without_stages_continues_on_every_rank(tmp_path):
+    """Both ranks restore the same ``last.ckpt`` (rank 1 learns it from rank 0), so neither
+    refits statistics alone and the resumed run trains epochs 2..3 to completion."""
+    _run_script(tmp_path, "plain:1")
+    _run_script(tmp_path, "resume:3", timeout=180)
+    record = read_run_json(tmp_path / "run")
+    assert record["status"] == "completed" and [a["status"] for a in record["attempts"]] == ["completed"] * 2
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
+    assert json.loads((tmp_path / "result.json").read_text())["fit_passes"] == 0

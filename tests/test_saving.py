@@ -177,6 +177,15 @@ def test_save_replaces_a_model_and_refuses_other_folders(tmp_path: Path) -> None
     with pytest.raises(CuvisGraphError, match="not empty"):
         save_graph(other, precious)
     assert (precious / "notes.txt").read_text() == "keep me"
+    (precious / "meta.json").write_text('{"camera": "x"}')  # a meta.json that is not ours
+    (precious / "notes.txt").unlink()
+    with pytest.raises(CuvisGraphError, match="not a saved model"):
+        save_graph(other, precious)
+    save_graph(other, target)  # our model with a stray file beside it is not replaced either
+    (target / "scene.npy").write_bytes(b"data")
+    with pytest.raises(CuvisGraphError, match="not a saved model"):
+        save_graph(other, target)
+    assert (target / "scene.npy").read_bytes() == b"data"
 
 
 def test_failed_save_keeps_the_old_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

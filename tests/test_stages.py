@@ -194,3 +194,14 @@ def test_a_frozen_refit_stage_fits_on_what_inference_sees():
     pixels = torch.cat([o.reshape(-1, o.shape[-1]) for o in outputs])
     assert int((pixels.abs().sum(0) > 0).sum()) == 4  # n_select=4 bands pass the hard mask
     torch.testing.assert_close(graph["rx"].mean, pixels.mean(0), rtol=1e-9, atol=1e-12)
+
+
+def test_resuming_a_finished_staged_run_keeps_its_results(staged):
+    _, _, straight, run0 = staged
+    before = read_run_json(run0)
+    pipeline = staged_pipeline()
+    result = pipeline.graph.train(pipeline.datamodule, pipeline.training, resume=run0)
+    after = read_run_json(run0)
+    assert result.fit.passes == 0 and after["completed_stages"] == ["statistics", "selector", "finetune"]
+    assert after["metrics"] == before["metrics"] and after["best"] == before["best"]
+    assert result.metrics == straight.metrics

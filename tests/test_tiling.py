@@ -152,3 +152,6 @@ def test_predict_tiled_equals_whole_scene_rx() -> None:
         assert np.array_equal(stitched, whole)
     with pytest.raises(ValueError, match=r"overlap=8 must be >= 0 and < the tile size 8"):
         predict_tiled(graph, cube, tile=8, overlap=8)
+    # a scene thinner than the overlap is one tile along that axis
+    assert np.array_equal(predict_tiled(graph, cube[:4], tile=16, overlap=6, output="rx"),
+                          graph.predict(cube[:4])["rx"].numpy())

@@ -299,10 +299,11 @@ def predict_tiled(graph: Any, cube: Any, *, tile: int | Sequence[int] = 256, ove
     height, width = int(cube.shape[0]), int(cube.shape[1])
     th, tw = _pair(tile, "tile")
     oh, ow = (int(overlap), int(overlap)) if isinstance(overlap, int | np.integer) else tuple(int(o) for o in overlap)
-    th, tw = min(th, height), min(tw, width)
     for name, o, t in (("overlap", oh, th), ("overlap", ow, tw)):
         if not 0 <= o < t:
             raise ValueError(f"predict_tiled: {name}={o} must be >= 0 and < the tile size {t}")
+    th, tw = min(th, height), min(tw, width)  # a scene smaller than a tile is one tile along that axis
+    oh, ow = min(oh, th - 1), min(ow, tw - 1)
     rows = tile_starts(height, th, th - oh, "shift")
     cols = tile_starts(width, tw, tw - ow, "shift")
     row_cuts, col_cuts = _centre_cuts(rows), _centre_cuts(cols)
