@@ -76,6 +76,14 @@ def test_saved_split_is_reused(tmp_path: Path, folder: dict, caplog: pytest.LogC
     path.write_text(json.dumps({"train": ["scene_9.npz"], "val": [], "test": []}))
     with pytest.raises(ConfigError, match=r"splits_path: .*splits\.json' names files that are not in"):
         FolderDataModule(_root(tmp_path), splits_path=path)
+    path.write_text(json.dumps({"train": ["scene_0.npz", "scene_1.npz"], "val": ["scene_1.npz"], "test": []}))
+    with pytest.raises(ConfigError, match=r"more than one split .*scene_1\.npz"):
+        FolderDataModule(_root(tmp_path), splits_path=path)
+    path.write_text(json.dumps({"seed": 1, "val_fraction": 0.5, "train": ["scene_0.npz"], "val": [], "test": []}))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        FolderDataModule(_root(tmp_path), val_fraction=0.5, seed=2, splits_path=path)
+    assert "made with seed=1 (configured 2)" in caplog.text
 
 
 def test_items_are_read_lazily_and_match_the_files(tmp_path: Path) -> None:

@@ -225,7 +225,18 @@ class FolderDataModule(GraphDataModule):
             unknown = [n for k in SPLITS for n in splits[k] if n not in known]
             if unknown:
                 raise ConfigError(f"splits_path: '{path}' names files that are not in '{self.root}': {unknown[:5]}")
-            assigned = {n for k in SPLITS for n in splits[k]}
+            placed = [n for k in SPLITS for n in splits[k]]
+            twice = sorted({n for n in placed if placed.count(n) > 1})
+            if twice:
+                raise ConfigError(f"splits_path: '{path}' puts files in more than one split (data would leak "
+                                  f"between them): {twice[:5]}")
+            differs = [f"{k}={saved[k]} (configured {v})" for k, v in (("seed", self.seed),
+                       ("val_fraction", self.val_fraction), ("test_fraction", self.test_fraction))
+                       if k in saved and saved[k] != v]
+            if differs:
+                log.warning("%s was made with %s; reusing the saved split (delete the file for a new one)",
+                            path, ", ".join(differs))
+            assigned = set(placed)
             left_out = [n for n in names if n not in assigned]
             if left_out:
                 log.warning("%s: %d file(s) not in the saved split are left out: %s", path, len(left_out),
