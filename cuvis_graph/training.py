@@ -177,18 +177,22 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
     loader = getattr(datamodule, "statistics_dataloader", datamodule.train_dataloader)
     progress = config.trainer.enable_progress_bar
     fits: list[FitReport] = []
-    if not distributed:  # under DDP every rank fits its shard inside the first Lightning fit
+    root = str(run.path / "lightning") if run is not None else "runs/lightning"
+    refit_now = refit if restore is None else False
+    if not distributed:
         for step in plan.steps:
             step.node.to(device)
-        fits.append(fit_statistics(plan, loader, device=device, refit=refit if restore is None else False,
-                                   progress=progress))
+        fits.append(fit_statistics(plan, loader, device=device, refit=refit_now, progress=progress))
         for step in plan.steps:
             step.node.prepare_for_train()
-        if restore is None:
-            state.record_statistics(fits[0].passes, fits[0].levels, fits[0].batches)
+    elif restore is None:  # every rank fits its shard inside a 0-epoch Lightning fit (process group up)
+        module.setup_task = _statistics_task(plan, loader, refit_now, progress, fits, init=True)
+        pl.Trainer(**{**kwargs, "max_epochs": 0}, logger=False, enable_checkpointing=False,
+                   enable_model_summary=False, default_root_dir=root).fit(module, datamodule=datamodule)
+    if restore is None and fits:
+        state.record_statistics(fits[0].passes, fits[0].levels, fits[0].batches)
     has_val = _has_batches(datamodule, "val_dataloader") and bool(module.metric_bindings or module.loss_bindings
                                                                   or module.vis_bindings)
-    root = str(run.path / "lightning") if run is not None else "runs/lightning"
     trainability = Trainability(plan)
     initial: dict[str, float] = dict(run.record.get("initial_metrics") or {}) if restore is not None else {}
     metrics, best, trainer = dict(initial), None, None
@@ -197,7 +201,7 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
         metrics = {k: v for k, v in (last.get("metrics") or {}).items() if v is not None} or metrics
         best = last.get("best")
     try:
-        if has_val and restore is None and not distributed:
+        if has_val and restore is None:
             initial = _validate(module, datamodule, kwargs, hub, 0, root)
             metrics = dict(initial)
             if writes:
@@ -230,12 +234,11 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
                                        frozen=frozen, epoch_offset=epoch_offset)
             stage_module.disabled_visualizations = module.disabled_visualizations  # a failure stays disabled
             state.info(stage.name)["losses"] = dict(stage_module.loss_weights) if stage.max_epochs else {}
-            if distributed and (not fits or names):
-                stage_module.setup_task = _statistics_task(plan, loader, names, trainability, stage, frozen,
-                                                           progress, fits, state)
+            if distributed and names:
+                stage_module.setup_task = _statistics_task(plan, loader, names, progress, fits,
+                                                           after=lambda stage=stage: trainability.apply(stage),
+                                                           modes=frozen)
             steps = epochs = 0
-            if stage.max_epochs == 0 and names and has_val and not distributed:  # what the refit changed
-                metrics = _validate(stage_module, datamodule, kwargs, hub, step_offset, root)
             if stage.max_epochs > 0 or stage_module.setup_task is not None:
                 if config.stages and stage.max_epochs > 0 and not distributed \
                         and not any(p.requires_grad for p in stage_module.parameters()):
@@ -257,6 +260,8 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
                 if stage.max_epochs > 0:
                     metrics = _floats(trainer.callback_metrics)
                     best = _best(checkpoint, run.path) if run is not None else None
+            if stage.max_epochs == 0 and names and has_val:  # what the refit changed
+                metrics = _validate(stage_module, datamodule, kwargs, hub, step_offset, root)
             final = None
             if ckpt_dir is not None and not config.stages:
                 last = ckpt_dir / "last.ckpt"
@@ -308,11 +313,13 @@ def _set_stage_modes(plan: Plan, frozen: frozenset[str]) -> None:
         s.node.train(s.name not in frozen)
 
 
-def _statistics_task(plan: Plan, loader: Any, names: list[str], trainability: Trainability, stage: StageConfig,
-                     frozen: frozenset[str], progress: bool, fits: list[FitReport], state: StageState) -> Any:
-    """Statistical init (unfitted nodes) + the stage's refit, run by every DDP rank in
-    ``setup("fit")``: rank ``r`` of ``W`` streams batches ``r, r+W, ...``; accumulators are
-    all-reduced before finalizing, so all ranks end with the single-process buffers."""
+def _statistics_task(plan: Plan, loader: Any, refit: bool | Sequence[str], progress: bool, fits: list[FitReport],
+                     *, init: bool = False, after: Any = None, modes: frozenset[str] = frozenset()) -> Any:
+    """Statistical init (``init``: unfitted nodes, plus ``refit``) or a stage's refit, run by
+    every DDP rank in ``setup("fit")``: rank ``r`` of ``W`` streams batches ``r, r+W, ...``;
+    the accumulators are all-reduced before finalizing, so all ranks end with the
+    single-process buffers. ``modes``: nodes in eval mode (the stage's frozen ones);
+    ``after``: called last (the stage's freeze / unfreeze)."""
     def task(module: GraphModule) -> None:
         trainer = module.trainer
         rank, world = trainer.global_rank, trainer.world_size
@@ -323,17 +330,17 @@ def _statistics_task(plan: Plan, loader: Any, names: list[str], trainability: Tr
         device = trainer.strategy.root_device
         for s in plan.steps:
             s.node.to(device)
-        _set_stage_modes(plan, frozen)
-        first = not fits
-        report = fit_statistics(plan, shard_batches(loader, rank, world), device=device, refit=names,
+        _set_stage_modes(plan, modes)
+        report = fit_statistics(plan, shard_batches(loader, rank, world), device=device, refit=refit,
                                 progress=progress and rank == 0)
+        refitted = set(refit) if not isinstance(refit, bool) else set()
         for s in plan.steps:
-            if first or s.name in names:
+            if init or s.name in refitted:
                 s.node.prepare_for_train()
-        trainability.apply(stage)
-        if first:
+        if after is not None:
+            after()
+        if init:
             fits.append(report)
-            state.record_statistics(report.passes, report.levels, report.batches)
 
     return task
 

@@ -80,4 +80,5 @@ if __name__ == "__main__":
     if worker_rank() == 0:
         graph.save(out / "model")
         (out / "result.json").write_text(json.dumps({"metrics": result.metrics, "run_dir": str(result.run_dir),
-                                                     "fit_passes": result.fit.passes}))
+                                                     "fit_passes": result.fit.passes,
+                                                     "initial_metrics": result.initial_metrics}))

@@ -70,6 +70,13 @@ def test_ddp_statistical_init_equals_single_process(ddp_run):
     print("\nDDP vs single-process buffers, max relative difference: "
           + ", ".join(f"{k} {r:.1e}" for k, r in compared))
     assert result["fit_passes"] == 4
+    # the validation right after statistical init, over both ranks, equals the single-process one
+    single_initial = single.train(datamodule(), {"trainer": {"max_epochs": 0, "accelerator": "cpu",
+                                                             "enable_progress_bar": False}},
+                                  run_dir=False).initial_metrics
+    assert set(result["initial_metrics"]) == set(single_initial) and single_initial
+    for key, value in single_initial.items():
+        assert result["initial_metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
 
 
 def test_ddp_validation_metrics_equal_single_process_on_same_weights(ddp_run):
