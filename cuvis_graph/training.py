@@ -189,6 +189,9 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
         module.setup_task = _statistics_task(plan, loader, refit_now, progress, fits, init=True)
         pl.Trainer(**{**kwargs, "max_epochs": 0}, logger=False, enable_checkpointing=False,
                    enable_model_summary=False, default_root_dir=root).fit(module, datamodule=datamodule)
+    else:  # resumed under DDP: the statistics came from the checkpoint
+        for step in plan.steps:
+            step.node.prepare_for_train()
     if restore is None and fits:
         state.record_statistics(fits[0].passes, fits[0].levels, fits[0].batches)
     has_val = _has_batches(datamodule, "val_dataloader") and bool(module.metric_bindings or module.loss_bindings
