@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> Path:
     print(f"metrics:   {run_dir / 'metrics.jsonl'}")
     figures = sorted((run_dir / "artifacts").rglob("*.png")) if (run_dir / "artifacts").exists() else []
     print(f"figures:   {run_dir / 'artifacts'} ({len(figures)} PNG)")
+    if result.model_dir is not None:
+        print(f"model:     {result.model_dir}  (cuvis-graph predict {result.model_dir} SCENES... --out DIR)")
     return run_dir
 
 
