@@ -30,6 +30,7 @@ import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
@@ -210,72 +211,20 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
             if writes:
                 run.record["initial_metrics"] = initial
                 run.save()
+        ctx = _StageRunner(plan=plan, datamodule=datamodule, config=config, callbacks=callbacks, run=run,
+                           writes=writes, state=state, hub=hub, trainability=trainability, loader=loader,
+                           trainer_kwargs=kwargs, root=root, device=device, distributed=distributed,
+                           has_val=has_val, progress=progress, fits=fits,
+                           disabled_visualizations=module.disabled_visualizations)
         for index, stage in enumerate(stages):
             if config.stages and stage.name in state.completed:
                 continue  # (the single default stage always runs: resuming may extend max_epochs)
-            ckpt_dir = None if run is None else (run.checkpoint_dir if not config.stages
-                                                 else run.checkpoint_dir / stage.name)
-            resume_ckpt = _stage_resume_checkpoint(run, state, stage, ckpt_dir, config)
-            step_offset, epoch_offset = state.offsets()
-            frozen = trainability.apply(stage)
-            names: list[str] = []
-            if resume_ckpt is None:
-                pl.seed_everything(config.seed + index, workers=True, verbose=False)
-                names = _refit_names(plan, stage)
-                if names and not distributed:
-                    _set_stage_modes(plan, frozen)
-                    fit_statistics(plan, loader, device=device, refit=names, progress=progress)
-                    for name in names:
-                        plan.step(name).node.prepare_for_train()
-                    frozen = trainability.apply(stage)  # refitting may have created parameters
-                state.start(stage.name, step_offset, epoch_offset, refit=names,
-                            trainable=_trainable(plan, frozen) if stage.max_epochs else [])
-            elif writes:
-                run.trim_metrics(step_offset + int(load_checkpoint(resume_ckpt).get("global_step", 0)))
-            stage_module = GraphModule(plan, stage.optimizer or config.optimizer, stage.scheduler or config.scheduler,
-                                       hub, max_epochs=stage.max_epochs, loss_weights=stage.loss_weights(),
-                                       frozen=frozen, epoch_offset=epoch_offset)
-            stage_module.disabled_visualizations = module.disabled_visualizations  # a failure stays disabled
-            state.info(stage.name)["losses"] = dict(stage_module.loss_weights) if stage.max_epochs else {}
-            if distributed and names:
-                stage_module.setup_task = _statistics_task(plan, loader, names, progress, fits,
-                                                           after=lambda stage=stage: trainability.apply(stage),
-                                                           modes=frozen)
-            steps = epochs = 0
-            if stage.max_epochs > 0 or stage_module.setup_task is not None:
-                if config.stages and stage.max_epochs > 0 and not distributed \
-                        and not any(p.requires_grad for p in stage_module.parameters()):
-                    raise ConfigError(f"training.stages.{index} ('{stage.name}'): no node has trainable parameters "
-                                      f"(frozen: {sorted(frozen)})")
-                cbs = build_callbacks(config, hub, ckpt_dir if stage.max_epochs else None, has_val=has_val,
-                                      has_loss=bool(stage_module.loss_bindings), step_offset=step_offset)
-                cbs += [SafeCallback(c, hub) for c in callbacks or []]
-                checkpoint = next((c for c in cbs if isinstance(c, ModelCheckpoint)), None)
-                trainer = pl.Trainer(**{**kwargs, "max_epochs": stage.max_epochs},
-                                     logger=MonitorLogger(hub, step_offset), callbacks=cbs,
-                                     plugins=[AtomicCheckpointIO()], enable_checkpointing=checkpoint is not None,
-                                     enable_model_summary=False, default_root_dir=root)
-                with warnings.catch_warnings():
-                    if resume_ckpt is not None:  # resuming writes into the run's own checkpoint folder on purpose
-                        warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty")
-                    trainer.fit(stage_module, datamodule=datamodule, ckpt_path=resume_ckpt, weights_only=True)
-                steps, epochs = trainer.global_step, trainer.current_epoch
-                if stage.max_epochs > 0:
-                    metrics = _floats(trainer.callback_metrics)
-                    best = _best(checkpoint, run.path) if run is not None else None
-            if stage.max_epochs == 0 and names and has_val:  # what the refit changed
-                metrics = _validate(stage_module, datamodule, kwargs, hub, step_offset, root)
-            final = None
-            if ckpt_dir is not None and not config.stages:
-                last = ckpt_dir / "last.ckpt"
-                final = os.path.relpath(last, run.path) if last.is_file() else None
-            elif ckpt_dir is not None:
-                final_path = ckpt_dir / "final.ckpt"
-                if writes:
-                    AtomicCheckpointIO().save_checkpoint({"state_dict": stage_module.state_dict(),
-                                                          "global_step": steps, "stage": stage.name}, final_path)
-                final = os.path.relpath(final_path, run.path)
-            state.complete(stage.name, steps=steps, epochs=epochs, checkpoint=final, best=best, metrics=metrics)
+            outcome = ctx.train_stage(index, stage)
+            trainer = outcome.trainer or trainer
+            if outcome.metrics is not None:
+                metrics, best = outcome.metrics, outcome.best if outcome.trained else best
+            state.complete(stage.name, steps=outcome.steps, epochs=outcome.epochs, checkpoint=outcome.checkpoint,
+                           best=best, metrics=metrics)
     finally:
         hub.close()
         trainability.restore()
@@ -307,6 +256,123 @@ def _validate(module: GraphModule, datamodule: Any, trainer_kwargs: Mapping[str,
     trainer = pl.Trainer(**{**trainer_kwargs, "max_epochs": 1}, logger=MonitorLogger(hub, step),
                          enable_checkpointing=False, enable_model_summary=False, default_root_dir=root)
     return _floats(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
+
+
+@dataclass
+class _StageOutcome:
+    trainer: pl.Trainer | None = None
+    metrics: dict[str, float] | None = None  # None: the stage logged nothing new
+    best: dict[str, Any] | None = None
+    trained: bool = False
+    steps: int = 0
+    epochs: int = 0
+    checkpoint: str | None = None
+
+
+@dataclass
+class _StageRunner:
+    """Runs one stage of :func:`train_graph`: freeze / unfreeze, refit, fit, final checkpoint."""
+
+    plan: Plan
+    datamodule: Any
+    config: TrainingConfig
+    callbacks: list[pl.Callback] | None
+    run: Any
+    writes: bool
+    state: StageState
+    hub: MonitorHub
+    trainability: Trainability
+    loader: Any
+    trainer_kwargs: dict[str, Any]
+    root: str
+    device: torch.device
+    distributed: bool
+    has_val: bool
+    progress: bool
+    fits: list[FitReport]
+    disabled_visualizations: set[str]
+
+    def train_stage(self, index: int, stage: StageConfig) -> _StageOutcome:
+        config, run, state = self.config, self.run, self.state
+        ckpt_dir = None if run is None else (run.checkpoint_dir if not config.stages
+                                             else run.checkpoint_dir / stage.name)
+        resume_ckpt = _stage_resume_checkpoint(run, state, stage, ckpt_dir, config)
+        step_offset, epoch_offset = state.offsets()
+        frozen, names = self._start(index, stage, resume_ckpt, step_offset, epoch_offset)
+        module = GraphModule(self.plan, stage.optimizer or config.optimizer, stage.scheduler or config.scheduler,
+                             self.hub, max_epochs=stage.max_epochs, loss_weights=stage.loss_weights(),
+                             frozen=frozen, epoch_offset=epoch_offset)
+        module.disabled_visualizations = self.disabled_visualizations  # a failure stays disabled
+        state.info(stage.name)["losses"] = dict(module.loss_weights) if stage.max_epochs else {}
+        if self.distributed and names:
+            module.setup_task = _statistics_task(self.plan, self.loader, names, self.progress, self.fits,
+                                                 after=lambda: self.trainability.apply(stage), modes=frozen)
+        outcome = _StageOutcome()
+        if stage.max_epochs > 0 or module.setup_task is not None:
+            self._fit(index, stage, module, frozen, ckpt_dir, resume_ckpt, step_offset, outcome)
+        if stage.max_epochs == 0 and names and self.has_val:  # what the refit changed
+            outcome.metrics = _validate(module, self.datamodule, self.trainer_kwargs, self.hub, step_offset,
+                                        self.root)
+        outcome.checkpoint = self._final_checkpoint(stage, module, ckpt_dir, outcome.steps)
+        return outcome
+
+    def _start(self, index: int, stage: StageConfig, resume_ckpt: Any, step_offset: int,
+               epoch_offset: int) -> tuple[frozenset[str], list[str]]:
+        """Freeze / unfreeze; on a fresh start seed, refit and record the start; on a resume
+        drop the log lines the killed attempt wrote after its checkpoint."""
+        frozen = self.trainability.apply(stage)
+        if resume_ckpt is not None:
+            if self.writes:
+                self.run.trim_metrics(step_offset + int(load_checkpoint(resume_ckpt).get("global_step", 0)))
+            return frozen, []
+        pl.seed_everything(self.config.seed + index, workers=True, verbose=False)
+        names = _refit_names(self.plan, stage)
+        if names and not self.distributed:  # (under DDP the refit runs inside the fit, on every rank)
+            _set_stage_modes(self.plan, frozen)
+            fit_statistics(self.plan, self.loader, device=self.device, refit=names, progress=self.progress)
+            for name in names:
+                self.plan.step(name).node.prepare_for_train()
+            frozen = self.trainability.apply(stage)  # refitting may have created parameters
+        self.state.start(stage.name, step_offset, epoch_offset, refit=names,
+                         trainable=_trainable(self.plan, frozen) if stage.max_epochs else [])
+        return frozen, names
+
+    def _fit(self, index: int, stage: StageConfig, module: GraphModule, frozen: frozenset[str], ckpt_dir: Any,
+             resume_ckpt: Any, step_offset: int, outcome: _StageOutcome) -> None:
+        config = self.config
+        if config.stages and stage.max_epochs > 0 and not self.distributed \
+                and not any(p.requires_grad for p in module.parameters()):
+            raise ConfigError(f"training.stages.{index} ('{stage.name}'): no node has trainable parameters "
+                              f"(frozen: {sorted(frozen)})")
+        cbs = build_callbacks(config, self.hub, ckpt_dir if stage.max_epochs else None, has_val=self.has_val,
+                              has_loss=bool(module.loss_bindings), step_offset=step_offset)
+        cbs += [SafeCallback(c, self.hub) for c in self.callbacks or []]
+        checkpoint = next((c for c in cbs if isinstance(c, ModelCheckpoint)), None)
+        trainer = pl.Trainer(**{**self.trainer_kwargs, "max_epochs": stage.max_epochs},
+                             logger=MonitorLogger(self.hub, step_offset), callbacks=cbs,
+                             plugins=[AtomicCheckpointIO()], enable_checkpointing=checkpoint is not None,
+                             enable_model_summary=False, default_root_dir=self.root)
+        with warnings.catch_warnings():
+            if resume_ckpt is not None:  # resuming writes into the run's own checkpoint folder on purpose
+                warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty")
+            trainer.fit(module, datamodule=self.datamodule, ckpt_path=resume_ckpt, weights_only=True)
+        outcome.trainer, outcome.steps, outcome.epochs = trainer, trainer.global_step, trainer.current_epoch
+        if stage.max_epochs > 0:
+            outcome.metrics, outcome.trained = _floats(trainer.callback_metrics), True
+            outcome.best = _best(checkpoint, self.run.path) if self.run is not None else None
+
+    def _final_checkpoint(self, stage: StageConfig, module: GraphModule, ckpt_dir: Any, steps: int) -> str | None:
+        """Run-relative path of the stage's end state (written by the process that owns the run)."""
+        if ckpt_dir is None:
+            return None
+        if not self.config.stages:  # the single default stage: its last.ckpt
+            last = ckpt_dir / "last.ckpt"
+            return os.path.relpath(last, self.run.path) if last.is_file() else None
+        path = ckpt_dir / "final.ckpt"
+        if self.writes:
+            AtomicCheckpointIO().save_checkpoint({"state_dict": module.state_dict(), "global_step": steps,
+                                                  "stage": stage.name}, path)
+        return os.path.relpath(path, self.run.path)
 
 
 def _set_stage_modes(plan: Plan, frozen: frozenset[str]) -> None:
