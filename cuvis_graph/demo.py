@@ -8,6 +8,9 @@ statistics first, then a few epochs of gradient training. Metrics go to
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import sys
 from pathlib import Path
 
 from cuvis_graph import Graph, OptimizerConfig, TrainerConfig, TrainingConfig
@@ -27,6 +30,19 @@ def build_graph() -> Graph:
         if hasattr(nodes, vis):
             graph.add_leaf_node(getattr(nodes, vis)(log_frequency=1), parent=rx, name=f"{vis.lower()}")
     return graph
+
+
+def cli_command() -> str:
+    """How to call ``cuvis-graph`` from this shell: the bare name when it is on ``PATH`` and
+    belongs to this interpreter's environment, else the path of this environment's script."""
+    script = Path(sys.executable).parent / "cuvis-graph"
+    found = shutil.which("cuvis-graph")
+    if found and Path(found).resolve() == script.resolve():
+        return "cuvis-graph"
+    try:
+        return os.path.relpath(script)
+    except ValueError:  # another drive on Windows
+        return str(script)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -49,8 +65,16 @@ def main(argv: list[str] | None = None) -> Path:
     print(f"metrics:   {run_dir / 'metrics.jsonl'}")
     figures = sorted((run_dir / "artifacts").rglob("*.png")) if (run_dir / "artifacts").exists() else []
     print(f"figures:   {run_dir / 'artifacts'} ({len(figures)} PNG)")
+    command = cli_command()
     if result.model_dir is not None:
-        print(f"model:     {result.model_dir}  (cuvis-graph predict {result.model_dir} SCENES... --out DIR)")
+        print(f"model:     {result.model_dir}")
+    print("\nnext, from this folder:")
+    print(f"  {command} validate pipelines/selector_rx_bce.yaml")
+    print(f"  {command} train pipelines/rx_statistical.yaml")
+    if result.model_dir is not None:
+        print(f"  {command} predict {result.model_dir} SCENES... --out predictions/")
+    if command != "cuvis-graph":
+        print(f"  (or 'source {Path(command).parent}/activate' once, then plain 'cuvis-graph ...')")
     return run_dir
 
 
