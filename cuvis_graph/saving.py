@@ -8,8 +8,10 @@ A saved model is a directory of three plain files, no pickle and no code::
                            the graph was trained on, per-node fit status, sinks, creation time
 
 Writing is atomic (principle 10): the files go into a temporary sibling directory that is
-renamed onto the target only when complete; an existing model directory is replaced only
-then, so a kill leaves the old model or the new one, never half of one.
+put in place of the target only when complete (:func:`~cuvis_graph.output_paths.replace_dir`:
+one atomic exchange on Linux), so a kill leaves the old model or the new one, never half of
+one; where the exchange is unavailable and a kill falls between two renames, loading names
+the complete sibling to rename back.
 
 Loading is safe by default (principle 9): ``pipeline.yaml`` is read with the strict YAML
 reader and every ``type`` / ``_target_`` is resolved through the registry *before* any
@@ -17,6 +19,10 @@ object is created or any module imported; a saved model cannot allowlist modules
 (``allow_modules`` must come from the caller). Weights are read with safetensors only,
 never ``torch.load`` / pickle. Monitors are side effects of a training run, not part of
 the model, and are not saved.
+
+Everything is checked at load, not at the first prediction (principle 13): every
+``meta.json`` field's type, model files that are symbolic links (refused), weights that are
+NaN/Inf (named with their count) or whose shape or dtype differs from what the graph holds.
 """
 
 from __future__ import annotations
@@ -24,9 +30,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import math
 import os
 import shutil
-import uuid
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -36,6 +42,13 @@ import torch
 import yaml
 
 from .errors import CuvisGraphError, Problem
+from .output_paths import (
+    interrupted_replacement,
+    model_folder_of,
+    refuse_link,
+    replace_dir,
+    temporary_sibling,
+)
 from .plan import DataSpec
 
 if TYPE_CHECKING:
@@ -187,6 +200,7 @@ def save_graph(graph: Graph, path: str | os.PathLike) -> Path:
     from safetensors.torch import save_file
 
     target = Path(path)
+    refuse_link(target, "cannot save the model to")
     if target.exists():
         if not target.is_dir():
             raise CuvisGraphError(f"cannot save the model to {target}: it exists and is not a directory")
@@ -195,29 +209,23 @@ def save_graph(graph: Graph, path: str | os.PathLike) -> Path:
             raise CuvisGraphError(f"cannot save the model to {target}: the directory is not empty and is not a "
                                   f"saved model (only {', '.join(_MODEL_FILES)} with a cuvis-graph {META_FILE}); "
                                   "refusing to replace it")
+    outer = model_folder_of(target.parent)
+    if outer is not None:
+        raise CuvisGraphError(f"cannot save the model to {target}: it lies in the saved model folder {outer}; "
+                              "choose a path outside it")
     pipeline_text = _pipeline_yaml(graph)  # fails early on unregistered types, before writing
     state = graph_state(graph)
     meta = _meta(graph)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = target.with_name(f".{target.name}.tmp-{tag}")
+    tmp = temporary_sibling(target)
     tmp.mkdir()
     try:
         _fsync_write(tmp / PIPELINE_FILE, pipeline_text.encode("utf-8"))
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "cuvis-graph-model",
                                                              "format_version": str(FORMAT_VERSION)})
+        # meta.json last: a folder holding it holds every file complete
         _fsync_write(tmp / META_FILE, (json.dumps(meta, indent=2, allow_nan=False) + "\n").encode("utf-8"))
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{tag}")
-            os.replace(target, old)
-            try:
-                os.replace(tmp, target)
-            except BaseException:
-                os.replace(old, target)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -228,8 +236,16 @@ def save_graph(graph: Graph, path: str | os.PathLike) -> Path:
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """``meta.json`` of the model directory ``path``, with the format version checked."""
     directory = Path(path)
+    if not directory.exists():
+        recovery = interrupted_replacement(directory)
+        raise ModelFormatError(f"{directory}: no such model directory" + (f"; {recovery}" if recovery else ""))
     if not directory.is_dir():
-        raise ModelFormatError(f"{directory}: no such model directory")
+        raise ModelFormatError(f"{directory}: is a file, not a model directory (a saved model is a folder with "
+                               f"{', '.join(_MODEL_FILES)}, written by graph.save(dir))")
+    for name in _MODEL_FILES:
+        if (directory / name).is_symlink():
+            raise ModelFormatError(f"{directory / name}: is a symbolic link (to {os.readlink(directory / name)}); "
+                                   "a saved model holds its own files: replace the link by a copy of the file")
     missing = [f for f in _MODEL_FILES if not (directory / f).is_file()]
     if missing:
         raise ModelFormatError(f"{directory}: not a saved cuvis-graph model: missing {', '.join(missing)} "
@@ -238,18 +254,63 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     try:
         meta = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ModelFormatError(f"{file}: cannot read: {exc}") from None
+        raise ModelFormatError(f"{file}: cannot read: not valid JSON ({exc}); restore it or save the model "
+                               "again") from None
     if not isinstance(meta, dict):
-        raise ModelFormatError(f"{file}: expected a JSON object")
+        raise ModelFormatError(f"{file}: expected a JSON object with the model's fields, got a "
+                               f"{type(meta).__name__}")
     version = meta.get("format_version")
-    if not isinstance(version, int):
-        raise ModelFormatError(f"{file}: format_version: missing or not an integer (got {version!r})")
+    if not _is_int(version):
+        raise ModelFormatError(f"{file}: format_version: missing or not an integer (got {_show(version)})")
     if version > FORMAT_VERSION:
         raise ModelFormatError(f"{file}: format_version {version} is newer than this cuvis-graph "
                                f"({_library_version()}) reads ({FORMAT_VERSION}); upgrade cuvis-graph")
     if version < 1:
         raise ModelFormatError(f"{file}: format_version {version} is not a valid model format")
+    problems = _meta_problems(meta)
+    if problems:
+        raise ModelFormatError(f"{file}: {'; '.join(problems)}; restore the file or save the model again")
     return meta
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _meta_problems(meta: Mapping[str, Any]) -> list[str]:
+    """Every ``meta.json`` field of the wrong type or value, each as ``"field: expected ..., got ..."``."""
+    def strings(v: Any) -> bool:
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+    problems = []
+    if meta.get("format") != "cuvis-graph-model":
+        problems.append(f"format: expected 'cuvis-graph-model', got {_show(meta.get('format'))}")
+    if not isinstance(meta.get("library_version"), str):
+        problems.append(f"library_version: expected a version string, got {_show(meta.get('library_version'))}")
+    n = meta.get("n_channels")
+    if n is not None and not (_is_int(n) and n > 0):
+        problems.append(f"n_channels: expected a positive integer or null, got {_show(n)}")
+    wl = meta.get("wavelengths")
+    if wl is not None:
+        if not (isinstance(wl, list) and wl and all((_is_int(w) or isinstance(w, float)) and math.isfinite(w)
+                                                  for w in wl)):
+            problems.append(f"wavelengths: expected a list of finite numbers (nm) or null, got {_show(wl)}")
+        elif _is_int(n) and len(wl) != n:
+            problems.append(f"wavelengths: {len(wl)} values for n_channels {n}")
+    for field, check, expected in (("batch_keys", strings, "a list of strings"),
+                                   ("sinks", strings, "a list of node names"),
+                                   ("name", lambda v: isinstance(v, str), "a string"),
+                                   ("fitted", lambda v: isinstance(v, dict) and all(isinstance(x, bool)
+                                                                                    for x in v.values()),
+                                    "a mapping of node name to true/false")):
+        if meta.get(field) is not None and not check(meta[field]):
+            problems.append(f"{field}: expected {expected}, got {_show(meta[field])}")
+    return problems
 
 
 def _check_library_version(meta: Mapping[str, Any], file: Path, strict: bool) -> None:
@@ -298,10 +359,18 @@ def _load_weights(file: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load
 
     try:  # from bytes, not a memory map: the tensors never depend on the file staying intact
-        return load(file.read_bytes())
+        weights = load(file.read_bytes())
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelFormatError(f"{file}: not a valid safetensors file ({exc}); weights are only ever read as "
-                               "safetensors, never unpickled") from None
+        raise ModelFormatError(f"{file}: not a valid safetensors file, truncated or corrupt ({exc}); weights are "
+                               "only ever read as safetensors, never unpickled; restore it or save the model "
+                               "again") from None
+    bad = {k: int((~torch.isfinite(t)).sum()) for k, t in weights.items() if t.is_floating_point()}
+    bad = {k: n for k, n in bad.items() if n}
+    if bad:
+        listed = ", ".join(f"{k} ({n} of {weights[k].numel()})" for k, n in sorted(bad.items()))
+        raise ModelFormatError(f"{file}: {sum(bad.values())} NaN/Inf value(s) in {len(bad)} weight(s): {listed}; "
+                               "a model with non-finite weights scores nothing reliably: retrain or restore it")
+    return weights
 
 
 def _load_state(graph: Graph, weights: Mapping[str, torch.Tensor], file: Path) -> None:
@@ -321,6 +390,9 @@ def _load_state(graph: Graph, weights: Mapping[str, torch.Tensor], file: Path) -
     shapes = [f"{name}.{key} has shape {list(weights[f'{name}.{key}'].shape)}, {type(obj).__name__} "
               f"'{name}' has {list(t.shape)}" for name, obj in owners.items() for key, t in obj.state_dict().items()
               if t.numel() > 0 and t.shape != weights[f"{name}.{key}"].shape]
+    shapes += [f"{name}.{key} has dtype {weights[f'{name}.{key}'].dtype}, {type(obj).__name__} '{name}' holds "
+               f"{t.dtype}" for name, obj in owners.items() for key, t in obj.state_dict().items()
+               if t.dtype != weights[f"{name}.{key}"].dtype]
     if shapes:
         raise ModelFormatError(f"{file}: weights do not match pipeline.yaml: {'; '.join(shapes)}")
     for name, obj in owners.items():
