@@ -16,9 +16,17 @@ The mask is the last decider's output when the graph has one, else ``scores > th
 with the given ``threshold``, else ``scores > Q_q(scores)``: the ``q``-quantile of the
 image's own scores (numpy "linear"; default ``q = 0.99``, i.e. the top 1 % of each image).
 
-A file that cannot be read, has the wrong channel count or fails in the graph is reported
-by name (on stderr and in ``summary.csv``) and skipped; the others are processed. Every
-file is written to a temporary sibling and renamed (principle 10).
+A file that cannot be read, has the wrong channel count, NaN/Inf values (counted), band
+centres other than the model's (first differing band and the largest difference in nm), or
+fails in the graph is reported by name (on stderr and in ``summary.csv``) and skipped; the
+others are processed.
+
+The output folder is never a mix of two attempts (principle 14): everything is written
+into a temporary sibling folder, ``summary.csv`` last, which then replaces ``out`` whole
+(:func:`~cuvis_graph.output_paths.replace_dir`); a failed or killed run leaves ``out`` as
+it was. An existing ``out`` is replaced only when it is empty or an earlier prediction
+(a ``summary.csv`` of this format and result folders); a symbolic link as ``out`` or a
+path inside a saved model folder is refused.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import csv
 import io
 import math
 import os
+import shutil
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +46,7 @@ import numpy as np
 import torch
 
 from .errors import CuvisGraphError, did_you_mean
+from .output_paths import refuse_inside_model, refuse_link, replace_dir, temporary_sibling
 from .plan import DataSpec
 from .runs import atomic_write, atomic_write_text
 
@@ -61,6 +71,8 @@ DEFAULT_QUANTILE = 0.99
 RGB_NM = (640.0, 550.0, 460.0)
 SUMMARY_COLUMNS = ("file", "output", "status", "error", "shape", "score_min", "score_mean", "score_max",
                    "score_std", "threshold", "anomaly_pixels")
+#: Band centres of an input and of the model that differ by more than this (nm) are refused.
+WAVELENGTH_TOLERANCE_NM = 0.05
 
 
 @dataclass
@@ -286,6 +298,57 @@ def _write_summary(path: Path, results: Sequence[FileResult]) -> Path:
     return atomic_write_text(path, buffer.getvalue())
 
 
+# -- checks ---------------------------------------------------------------------------------------
+def check_finite_cube(data: np.ndarray, source: str) -> None:
+    """Raise naming ``source`` with the count and first position of NaN/Inf values in ``[H, W, C]``."""
+    bad = ~np.isfinite(data)
+    count = int(bad.sum())
+    if count:
+        y, x, band = (int(i) for i in np.argwhere(bad)[0])
+        raise CuvisGraphError(f"{source}: {count} of {data.size} values are NaN or infinite (first at pixel "
+                              f"y={y}, x={x}, band {band}); they would flow into the scores: clean or mask them "
+                              "first")
+
+
+def check_wavelengths(cube_wl: Sequence[float] | np.ndarray | None, model_wl: Sequence[float] | None,
+                      source: str) -> None:
+    """Raise naming ``source`` when both band-centre lists are known and differ by more than
+    :data:`WAVELENGTH_TOLERANCE_NM` (same length: the channel count is checked before)."""
+    if cube_wl is None or model_wl is None or len(cube_wl) != len(model_wl):
+        return
+    diff = np.abs(np.asarray(cube_wl, np.float64) - np.asarray(model_wl, np.float64))
+    if not np.all(diff <= WAVELENGTH_TOLERANCE_NM):  # NaN counts as a difference
+        first = int(np.argmax(~(diff <= WAVELENGTH_TOLERANCE_NM)))
+        worst = float(np.max(np.where(np.isnan(diff), np.inf, diff)))
+        raise CuvisGraphError(f"{source}: wavelengths differ from the model's: band {first} is at "
+                              f"{float(cube_wl[first]):g} nm, the model was trained at {float(model_wl[first]):g} "
+                              f"nm; max difference {worst:g} nm over {len(diff)} bands (tolerance "
+                              f"{WAVELENGTH_TOLERANCE_NM:g} nm); resample the cube to the model's bands or use a "
+                              "model trained on these")
+
+
+def _is_earlier_prediction(out: Path) -> bool:
+    """``out`` holds only a ``summary.csv`` of this format and result folders (no links)."""
+    summary = out / "summary.csv"
+    if summary.is_symlink() or not summary.is_file():
+        return False
+    with summary.open(encoding="utf-8", errors="replace") as fh:
+        if fh.readline().rstrip("\r\n") != ",".join(SUMMARY_COLUMNS):
+            return False
+    return all(p.name == "summary.csv" or (p.is_dir() and not p.is_symlink()) for p in out.iterdir())
+
+
+def _check_out_dir(out: Path) -> None:
+    refuse_link(out, "out folder")
+    refuse_inside_model(out, "out folder")
+    if out.exists() and not out.is_dir():
+        raise CuvisGraphError(f"out folder {out}: exists and is not a folder; choose another path")
+    if out.is_dir() and any(out.iterdir()) and not _is_earlier_prediction(out):
+        raise CuvisGraphError(f"out folder {out}: is not empty and holds no earlier prediction (a summary.csv "
+                              "of cuvis-graph predict and result folders only); refusing to replace it: choose an "
+                              "empty or new folder")
+
+
 # -- the entry point ------------------------------------------------------------------------------
 def predict_files(graph: Graph, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                   threshold: float | None = None, quantile: float = DEFAULT_QUANTILE, output: str | None = None,
@@ -308,14 +371,14 @@ def predict_files(graph: Graph, inputs: Sequence[str | os.PathLike], out_dir: st
         a :class:`PredictionSummary`; ``summary.csv`` lists every input, failed ones with
         ``status=error`` and the message (which names the file).
     """
-    from tqdm import tqdm
-
-    from .data.readers import read_cube
-    from .saving import check_channels, infer_n_channels
+    from .saving import infer_n_channels
 
     if not 0.0 <= quantile <= 1.0:
         raise CuvisGraphError(f"quantile must be in [0, 1], got {quantile}")
+    if threshold is not None and not math.isfinite(threshold):
+        raise CuvisGraphError(f"threshold must be a finite number, got {threshold}")
     out = Path(out_dir)
+    _check_out_dir(out)
     n_model = infer_n_channels(graph)
     (score_node, score_port), decider = score_outputs(graph, n_model, output)
     if decider is not None:
@@ -329,6 +392,34 @@ def predict_files(graph: Graph, inputs: Sequence[str | os.PathLike], out_dir: st
     files = expand_inputs(inputs)
     names = _output_names([p for p, _ in files])
     results: list[FileResult] = []
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = temporary_sibling(out)
+    staging.mkdir()
+    try:
+        _predict_each(graph, files, names, results, staging, out, progress, overlay, read_options,
+                      (score_node, score_port), decider, threshold, quantile, model_wl)
+        summary = out / "summary.csv"
+        _write_summary(staging / summary.name, results)  # last: the folder is complete
+        replace_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return PredictionSummary(results, out, summary, f"{score_node}.{score_port}", mask_source,
+                             {"decider": decider, "quantile": quantile, "threshold": threshold})
+
+
+def _predict_each(graph: Graph, files: Sequence[tuple[Path, str | None]], names: Sequence[str],
+                  results: list[FileResult], staging: Path, out: Path, progress: bool, overlay: bool,
+                  read_options: Mapping[str, Any] | None,
+                  score: tuple[str, str], decider: tuple[str, str] | None, threshold: float | None,
+                  quantile: float, model_wl: Sequence[float] | None) -> None:
+    """Score every file into ``staging/<name>/``; ``results`` gets one row per file."""
+    from tqdm import tqdm
+
+    from .data.readers import read_cube
+    from .saving import check_channels
+
+    score_node, score_port = score
     bar = tqdm(files, desc="predict", unit="file", disable=not progress, file=sys.stderr)
     for (path, problem), name in zip(bar, names, strict=True):
         result = FileResult(path=path)
@@ -339,7 +430,9 @@ def predict_files(graph: Graph, inputs: Sequence[str | os.PathLike], out_dir: st
             cube = read_cube(path, **dict(read_options or {}))
             result.shape = cube.shape
             check_channels(graph, cube.n_bands, str(path))
+            check_wavelengths(cube.wavelengths, model_wl, str(path))
             data = np.asarray(cube.data, dtype=np.float32)
+            check_finite_cube(data, str(path))
             try:
                 outputs = run_graph(graph, data)
             except Exception as exc:  # noqa: BLE001 - reported per file
@@ -353,13 +446,13 @@ def predict_files(graph: Graph, inputs: Sequence[str | os.PathLike], out_dir: st
                 result.threshold = thr
                 mask = scores > thr
             mask = mask.astype(np.uint8)
-            target = out / name
+            target = staging / name
             _save_npy(target / "scores.npy", scores)
             _save_npy(target / "mask.npy", mask)
             if overlay:
                 wl = cube.wavelengths if cube.wavelengths is not None else model_wl
                 _save_png(target / "overlay.png", overlay_image(false_color(data, wl), mask, scores))
-            result.output_dir = target
+            result.output_dir = out / name
             result.score_min, result.score_mean, result.score_max, result.score_std = _finite_stats(scores)
             result.anomaly_pixels = int(mask.sum())
         except Exception as exc:  # noqa: BLE001 - one bad input never stops the others
@@ -369,6 +462,3 @@ def predict_files(graph: Graph, inputs: Sequence[str | os.PathLike], out_dir: st
             result.status, result.error = "error", message
             tqdm.write(f"error: {message} (skipped)", file=sys.stderr)
     bar.close()
-    summary = _write_summary(out / "summary.csv", results)
-    return PredictionSummary(results, out, summary, f"{score_node}.{score_port}", mask_source,
-                             {"decider": decider, "quantile": quantile, "threshold": threshold})
