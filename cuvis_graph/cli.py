@@ -201,6 +201,17 @@ def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) ->
     return run_dir, result.metrics
 
 
+def _finite_float(text: str) -> float:
+    """argparse type: a finite number (``nan``/``inf`` are usage errors)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Score cube files with a saved model; 0 all ok, 2 some inputs failed, 1 none succeeded."""
     from .prediction import predict_files
@@ -224,7 +235,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .saving import load_graph
 
     graph = load_graph(args.model_dir, allow_modules=args.allow_module or [])
-    output = Path(args.output) if args.output else Path(args.model_dir) / "model.onnx"
+    model = Path(args.model_dir).resolve()
+    output = Path(args.output) if args.output else model.with_name(f"{model.name}.onnx")  # never inside the model
     path, report = export_onnx_report(graph, output, opset=args.opset, n_channels=args.n_channels, check=True)
     _out(f"wrote {path} (opset {args.opset}; onnxruntime vs eager: {report})")
     return 0
@@ -295,15 +307,17 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Load a model saved with graph.save(DIR) and score every input\n"
                                          "(.npy, .npz, .mat, ENVI .hdr; files or folders). Writes\n"
                                          "<out>/<stem>/scores.npy, mask.npy, overlay.png and <out>/summary.csv.\n"
-                                         "A file that cannot be read or has the wrong channel count is reported\n"
-                                         "and skipped. Exit status 0 when every input was scored, 2 when some\n"
+                                         "A file that cannot be read, has the wrong channel count, NaN/Inf values\n"
+                                         "or other wavelengths than the model's is reported and skipped. An\n"
+                                         "existing --out is replaced whole, only if it holds an earlier prediction.\n"
+                                         "Exit status 0 when every input was scored, 2 when some\n"
                                          "failed, 1 on a fatal error (bad model directory, nothing scored).",
                              epilog="example:\n  cuvis-graph predict model/ scenes/ extra.mat --out predictions/",
                              formatter_class=argparse.RawDescriptionHelpFormatter)
     predict.add_argument("model_dir", metavar="MODEL_DIR", help="a directory written by graph.save()")
     predict.add_argument("inputs", nargs="+", metavar="INPUT", help="cube files or folders of cube files")
     predict.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    predict.add_argument("--threshold", type=float, metavar="X",
+    predict.add_argument("--threshold", type=_finite_float, metavar="X",
                          help="mask = score > X (default: the graph's decider, else the per-image quantile)")
     predict.add_argument("--quantile", type=float, default=0.99, metavar="Q",
                          help="without decider or --threshold: mask = score > the Q-quantile of the image's "
@@ -321,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "nodes. The file is checked with onnxruntime against eager inference.")
     export.add_argument("model_dir", metavar="MODEL_DIR", help="a directory written by graph.save()")
     export.add_argument("--format", choices=("onnx",), default="onnx", help="export format (onnx)")
-    export.add_argument("-o", "--output", metavar="FILE", help="output file (default: MODEL_DIR/model.onnx)")
+    export.add_argument("-o", "--output", metavar="FILE", help="output file, outside the model folder (default: "
+                                                                   "MODEL_DIR.onnx beside the folder)")
     export.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset version (default 17)")
     export.add_argument("--n-channels", type=int, metavar="C", help="input channels when the model does not "
                                                                     "record them")

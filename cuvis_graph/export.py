@@ -9,7 +9,12 @@ outputs are named after the sink nodes. Leaves (losses, metrics, plots) are not 
 
 With ``check=True`` onnxruntime runs the file on a random ``2 x 64 x 64 x C`` batch and on
 a second shape (``1 x 40 x 56 x C``, which also proves the dynamic axes) and compares
-with eager ``graph.predict``: ``max |onnx - eager| / max |eager| <= rtol`` per output.
+with eager ``graph.predict``: ``max |onnx - eager| / max |eager| <= rtol`` per output; a
+NaN or Inf in either output is a failure naming the output (NaN never matches NaN).
+
+The target file is checked before anything runs: its folder must exist, it must not be
+(or lie in) a saved model folder (links resolved: a model's files are never overwritten),
+and an existing file there is replaced only when it is an ONNX model.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ import contextlib
 import io
 import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +35,7 @@ import torch
 from torch import nn
 
 from .errors import CuvisGraphError
+from .output_paths import refuse_inside_model
 from .plan import DataSpec
 
 if TYPE_CHECKING:
@@ -117,14 +124,19 @@ class ParityReport:
     rtol: float
     shapes: list[tuple[int, ...]]
     per_output: dict[str, tuple[float, float]]
+    #: output -> ``"onnx 3, eager 0 NaN/Inf values on a 2x64x64x6 cube"``; any entry fails the check
+    nonfinite: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return self.max_rel <= self.rtol
+        return not self.nonfinite and self.max_rel <= self.rtol
 
     def __str__(self) -> str:
         shapes = ", ".join("x".join(map(str, s)) for s in self.shapes)
-        return f"max abs diff {self.max_abs:.3g}, max rel diff {self.max_rel:.3g} (rtol {self.rtol:g}; {shapes})"
+        text = f"max abs diff {self.max_abs:.3g}, max rel diff {self.max_rel:.3g} (rtol {self.rtol:g}; {shapes})"
+        if self.nonfinite:
+            text += "; non-finite: " + ", ".join(f"'{k}' {v}" for k, v in self.nonfinite.items())
+        return text
 
 
 def _n_channels(graph: Graph, n_channels: int | None) -> int:
@@ -207,6 +219,7 @@ def check_onnx(graph: Graph, path: str | os.PathLike, *, n_channels: int | None 
     generator = torch.Generator().manual_seed(seed)
     max_abs = max_rel = 0.0
     per_output: dict[str, tuple[float, float]] = {}
+    nonfinite: dict[str, str] = {}
     for b, h, w in shapes:
         cube = torch.rand(b, h, w, c, generator=generator)
         eager = graph.predict(cube)
@@ -220,13 +233,41 @@ def check_onnx(graph: Graph, path: str | os.PathLike, *, n_channels: int | None 
             if out.shape != ref.shape:
                 raise ExportError(f"{path}: output '{name}' has shape {out.shape} for a {b}x{h}x{w}x{c} cube, "
                                   f"eager gives {ref.shape}{_SHAPE_HINT}")
+            n_out, n_ref = int((~np.isfinite(out)).sum()), int((~np.isfinite(ref)).sum())
+            if (n_out or n_ref) and sink not in nonfinite:
+                nonfinite[sink] = f"onnx {n_out}, eager {n_ref} NaN/Inf values on a {b}x{h}x{w}x{c} cube"
+                continue
             diff = float(np.max(np.abs(out - ref))) if ref.size else 0.0
             scale = float(np.max(np.abs(ref))) if ref.size else 0.0
             rel = diff / scale if scale > 0 else diff
             old = per_output.get(sink, (0.0, 0.0))
             per_output[sink] = (max(old[0], diff), max(old[1], rel))
             max_abs, max_rel = max(max_abs, diff), max(max_rel, rel)
-    return ParityReport(max_abs, max_rel, rtol, [(b, h, w, c) for b, h, w in shapes], per_output)
+    return ParityReport(max_abs, max_rel, rtol, [(b, h, w, c) for b, h, w in shapes], per_output, nonfinite)
+
+
+def _is_onnx_file(path: Path) -> bool:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - anything that does not parse is not ONNX
+        return False
+    return model.ir_version > 0 and len(model.graph.node) > 0
+
+
+def _check_target(target: Path) -> None:
+    """Refuse a target whose folder is missing, that is a folder, lies in a saved model, or is a
+    file other than an ONNX model (never overwritten)."""
+    if not target.parent.is_dir():
+        raise ExportError(f"export to {target}: the folder {target.parent} does not exist; create it or choose "
+                          "another path")
+    refuse_inside_model(target, "export to")
+    if target.is_dir():
+        raise ExportError(f"export to {target}: is a folder; give a file name such as {target / 'model.onnx'}")
+    if target.exists() and not _is_onnx_file(target):
+        raise ExportError(f"export to {target}: the file exists and is not an ONNX model; refusing to overwrite "
+                          "it: remove it or choose another path")
 
 
 def export_onnx(graph: Graph, path: str | os.PathLike, *, n_channels: int | None = None, opset: int = 17,
@@ -260,6 +301,7 @@ def export_onnx_report(graph: Graph, path: str | os.PathLike, *, n_channels: int
         NotFittedError: a statistical node without statistics.
     """
     target = Path(path)
+    _check_target(target)
     report: ParityReport | None = None
     c = _n_channels(graph, n_channels)
     module = InferenceModule(graph, c)
@@ -272,8 +314,9 @@ def export_onnx_report(graph: Graph, path: str | os.PathLike, *, n_channels: int
     axes = {INPUT_NAME: {0: "batch", 1: "height", 2: "width"}}
     for name, rank in ranks.items():
         axes[name] = {0: "batch", 1: "height", 2: "width"} if rank >= 3 else {0: "batch"}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix or '.onnx'}")
+    fd, name = tempfile.mkstemp(prefix=f".{target.stem}.tmp-", suffix=target.suffix or ".onnx", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
         try:
             with torch.no_grad():
@@ -284,10 +327,15 @@ def export_onnx_report(graph: Graph, path: str | os.PathLike, *, n_channels: int
             raise ExportError(f"graph '{graph.name}' cannot be exported to ONNX (opset {opset}): {detail}") from exc
         if check:
             report = check_onnx(graph, tmp, n_channels=c, rtol=rtol)
+            if report.nonfinite:
+                name, detail = next(iter(report.nonfinite.items()))
+                raise ExportError(f"graph '{graph.name}': output '{name}' is not finite in the parity check "
+                                  f"({detail}); NaN/Inf never count as a match: fix the node that produces them")
             if not report.ok:
                 worst = max(report.per_output, key=lambda k: report.per_output[k][1])
                 raise ExportError(f"graph '{graph.name}': the ONNX model disagrees with eager inference: "
                                   f"{report}; worst output '{worst}'{_SHAPE_HINT}")
+        os.chmod(tmp, 0o644)  # mkstemp creates it private; an export is an ordinary file
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -151,13 +151,15 @@ def test_parity_failure_is_reported(tmp_path: Path) -> None:
 def test_cli_export(rx_graph: Graph, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = save_graph(rx_graph, tmp_path / "model")
     out = tmp_path / "exported" / "rx.onnx"
+    out.parent.mkdir()
     assert main(["export", str(model), "--format", "onnx", "-o", str(out), "--opset", "17"]) == 0
     printed = capsys.readouterr().out
     assert str(out) in printed and "max rel diff" in printed
     assert onnx.load(str(out)).opset_import[0].version == 17
     max_abs, max_rel = onnx_vs_eager(rx_graph, out, (2, 64, 64, C), 1.0, 4)
     assert max_rel <= RTOL
-    assert main(["export", str(model)]) == 0  # default: MODEL_DIR/model.onnx
-    assert (model / "model.onnx").is_file()
+    assert main(["export", str(model)]) == 0  # default: MODEL_DIR.onnx beside the model folder
+    assert (tmp_path / "model.onnx").is_file()
+    assert sorted(p.name for p in model.iterdir()) == ["meta.json", "pipeline.yaml", "weights.safetensors"]
     assert main(["export", str(tmp_path / "nope")]) == 1
     assert "no such model directory" in capsys.readouterr().err
