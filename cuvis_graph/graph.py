@@ -19,6 +19,7 @@ from .distributed import RESUME_CKPT_ENV, RESUMING_ENV, RUN_DIR_ENV, worker_rank
 from .errors import CuvisGraphError, Problem
 from .fitting import move_batch
 from .leaves import LeafNode, MonitoringNode
+from .names import check_name
 from .node import Node, snake_case
 from .plan import DataSpec, Plan
 from .results import TrainResult
@@ -78,7 +79,7 @@ class Graph:
     """
 
     def __init__(self, name: str = "graph") -> None:
-        self.name = name
+        self.name = check_name(name, "Graph(name=...)")
         self._nodes: dict[str, Node] = {}
         self._leaves: dict[str, LeafNode] = {}
         self._wiring: dict[str, dict[str, list[ParentRef]]] = {}
@@ -90,11 +91,11 @@ class Graph:
         self.data_spec: DataSpec | None = None
 
     # -- building ------------------------------------------------------------------------
-    def _assign_name(self, obj: Node | LeafNode, explicit: str | None) -> str:
+    def _assign_name(self, obj: Node | LeafNode, explicit: str | None, method: str) -> str:
         if explicit is not None:
-            obj.name = explicit
+            obj.name = check_name(explicit, f"{method}(name=...)")
         if obj.name is not None:
-            name = obj.name
+            name = check_name(obj.name, f"{method}: {type(obj).__name__}.name")
             if name in self._nodes or name in self._leaves:
                 self._problems.append(Problem(f"node '{name}'", "duplicate name: another node or leaf has it"))
                 k = 1
@@ -124,7 +125,7 @@ class Graph:
                             + (" (use add_leaf_node for leaves)" if isinstance(node, LeafNode) else ""))
         if any(node is n for n in self._nodes.values()):
             raise CuvisGraphError(f"node '{node.name}' is already in graph '{self.name}'")
-        key = self._assign_name(node, name)
+        key = self._assign_name(node, name, "add_node")
         self._nodes[key] = node
         self._wiring[key] = self._wire(node, parent)
         return node
@@ -150,7 +151,7 @@ class Graph:
         """Attach a loss, metric or visualization leaf to ``parent``; returns the leaf."""
         if not isinstance(leaf, LeafNode):
             raise TypeError(f"add_leaf_node takes a LeafNode, got {type(leaf).__name__}")
-        key = self._assign_name(leaf, name)
+        key = self._assign_name(leaf, name, "add_leaf_node")
         self._leaves[key] = leaf
         self._leaf_parents[key] = ParentRef.parse(parent)
         return leaf
@@ -159,6 +160,8 @@ class Graph:
         """Send this graph's metrics and figures to ``monitor`` during training."""
         if not isinstance(monitor, MonitoringNode):
             raise TypeError(f"register_monitor takes a MonitoringNode, got {type(monitor).__name__}")
+        if getattr(monitor, "name", None) is not None:
+            check_name(monitor.name, f"register_monitor: {type(monitor).__name__}.name")
         self._monitors.append(monitor)
         return monitor
 

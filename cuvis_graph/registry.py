@@ -14,31 +14,35 @@ or from an installed package through an entry point in the group ``cuvis_graph.p
     [project.entry-points."cuvis_graph.plugins"]
     my_nodes = "my_package.nodes"
 
-**Safety.** A pipeline names a class by its registered name (``type: RXGlobal``) or by a
-dotted path (``_target_: cuvis_graph.nodes.RXGlobal``, as in Hydra/cuvis.ai configs).
-:func:`resolve_target` accepts a dotted path only when
+**Safety** (principles 9 and 12). A pipeline names a class by its registered name
+(``type: RXGlobal``) or by a dotted path (``_target_: cuvis_graph.nodes.RXGlobal``, as in
+Hydra/cuvis.ai configs). :func:`resolve_target` checks the path by name before anything
+is imported:
 
-* it designates a registered class (matched against the class's module, *without*
-  importing anything), or
-* its module is under a module the user allowlisted explicitly (:func:`allow_module`,
-  ``allow_modules:`` in the pipeline, ``--allow-module`` on the command line); only then
-  is the module imported, and the object must be a node, leaf, monitor or datamodule class.
+* every dotted segment is a plain identifier not starting with ``_`` (no ``__main__``,
+  no private submodules) and the attribute is a public class name (``CapWords``);
+* a registered class is matched against its module *without* importing anything;
+* otherwise the module must equal or be under a module the user allowlisted: with
+  :func:`allow_module`, the ``allow_modules=`` argument of the Python API, or
+  ``--allow-module`` on the command line. A file the user reads (a pipeline, a saved
+  model) can never allowlist a module itself. Only then is the module imported, and the
+  object must be a node, leaf, monitor or datamodule class.
 
-Modules that can run commands or code (``os``, ``subprocess``, ``builtins``, ``sys``,
-``importlib``...) can never be allowlisted. Nothing named by YAML is ever imported
-otherwise, so ``_target_: os.system`` or ``builtins.eval`` is refused before any code runs.
+Modules that can run commands or code (``os``, ``subprocess``, ``builtins``...) are also
+refused outright, but that denylist is a second line, not the defence.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import keyword
 import logging
-import re
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from .errors import CuvisGraphError, did_you_mean
+from .names import shorten
 
 __all__ = [
     "register",
@@ -73,7 +77,6 @@ DENIED_MODULES = frozenset({
 
 _CLASSES: dict[str, type] = {}
 _ALLOWED: set[str] = set()
-_MODULE_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _loaded = False
 
 
@@ -168,10 +171,21 @@ def kind_of(cls: type) -> str | None:
 
 
 # -- allowlist ----------------------------------------------------------------------------
+def _segment_problem(path: str) -> str | None:
+    """Why the dotted ``path`` is not made of public identifiers (``None``: it is)."""
+    for segment in path.split("."):
+        if not segment.isidentifier() or keyword.iskeyword(segment) or not segment.isascii():
+            return f"'{shorten(segment)}' is not a plain identifier"
+        if segment.startswith("_"):
+            return f"'{shorten(segment)}' starts with '_': private modules and '__main__' are never imported"
+    return None
+
+
 def check_module_name(module: str) -> None:
     """Raise :class:`UnsafeTargetError` unless ``module`` may be allowlisted."""
-    if not _MODULE_RE.match(module):
-        raise UnsafeTargetError(f"'{module}' is not a dotted module name")
+    problem = _segment_problem(str(module))
+    if problem:
+        raise UnsafeTargetError(f"'{shorten(module)}' is not a dotted module name: {problem}")
     if module.split(".")[0] in DENIED_MODULES:
         raise UnsafeTargetError(f"module '{module}' can never be allowlisted: pipelines may not run "
                                 "system, process or code-execution functions")
@@ -198,7 +212,7 @@ def _under(module: str, prefixes: Iterable[str]) -> bool:
 def _how_to_register(target: str, module: str) -> str:
     return (f"register the class with @cuvis_graph.register (or an entry point in group "
             f"'{ENTRY_POINT_GROUP}') and write its name as 'type:', or allowlist its module with "
-            f"'allow_modules: [{module}]' in the pipeline or '--allow-module {module}' on the command line")
+            f"'--allow-module {module}' on the command line (allow_modules=['{module}'] in Python)")
 
 
 def resolve_target(target: str, allow: Iterable[str] = ()) -> type:
@@ -208,11 +222,16 @@ def resolve_target(target: str, allow: Iterable[str] = ()) -> type:
     imported unless the module is allowlisted.
     """
     target = str(target).strip()
-    if not _MODULE_RE.match(target) or "." not in target:
-        raise UnsafeTargetError(f"_target_ '{target}' is not a dotted path like 'package.module.ClassName'")
+    shown = shorten(target)
+    problem = _segment_problem(target) if "." in target else "it has no module"
+    if problem:
+        raise UnsafeTargetError(f"_target_ '{shown}' is not a dotted path like 'package.module.ClassName': {problem}")
     module, _, attr = target.rpartition(".")
+    if not attr[0].isupper():
+        raise UnsafeTargetError(f"_target_ '{shown}' is refused: '{shorten(attr)}' is not a class name; pipelines "
+                                "create only node, leaf, monitor and datamodule classes (CapWords names)")
     if module.split(".")[0] in DENIED_MODULES:
-        raise UnsafeTargetError(f"_target_ '{target}' is refused: pipelines create only registered node, "
+        raise UnsafeTargetError(f"_target_ '{shown}' is refused: pipelines create only registered node, "
                                 f"leaf, monitor and datamodule classes, never functions of '{module}'")
     _ensure_builtins()
     for key, cls in _CLASSES.items():
@@ -224,7 +243,7 @@ def resolve_target(target: str, allow: Iterable[str] = ()) -> type:
         allowed.add(m)
     if not _under(module, allowed):
         hint = did_you_mean(attr, _CLASSES)
-        raise UnsafeTargetError(f"_target_ '{target}' is refused: it is not a registered class{hint} and module "
+        raise UnsafeTargetError(f"_target_ '{shown}' is refused: it is not a registered class{hint} and module "
                                 f"'{module}' is not allowlisted; {_how_to_register(target, module)}")
     try:
         obj = getattr(importlib.import_module(module), attr)

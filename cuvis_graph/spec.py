@@ -16,7 +16,6 @@ A pipeline file::
       files: {type: FileMonitor, params: {root: runs/files}}
     data: {type: SyntheticHSIDataModule, params: {n_train: 8}}   # default: synthetic scenes
     training: {trainer: {max_epochs: 0}}                          # TrainingConfig fields
-    allow_modules: [my_package.nodes]                            # explicit allowlist (optional)
 
 ``parent`` is a node name, ``"name.port"``, ``"batch.<key>"``, a list of those (the
 input ports in order, or all into a variadic port), or a mapping ``port -> parent(s)``.
@@ -39,6 +38,7 @@ import inspect
 import itertools
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -52,6 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from .config import TrainingConfig
 from .errors import CompileError, ConfigError, CuvisGraphError, Problem, did_you_mean
+from .names import name_problem, shorten
 from .registry import (
     UnknownTypeError,
     UnsafeTargetError,
@@ -62,6 +63,7 @@ from .registry import (
     registered_name,
     resolve_target,
 )
+from .yaml_reading import YAMLReadError, read_yaml_file, read_yaml_text
 
 if typing.TYPE_CHECKING:
     from .graph import Graph
@@ -168,58 +170,63 @@ class PipelineSpec(_Strict):
 
     @field_validator("allow_modules", mode="before")
     @classmethod
-    def _none_is_no_modules(cls, v: Any) -> Any:
-        return [] if v is None else v
+    def _not_from_a_file(cls, v: Any) -> Any:
+        if v:
+            shown = shorten(v[0] if isinstance(v, list) and v else v)
+            raise ValueError(f"a pipeline cannot widen its own allowlist; allow a module where you run it: "
+                             f"'--allow-module {shown}' on the command line, allow_modules=['{shown}'] in "
+                             f"Python, or register its classes (@cuvis_graph.register or an entry point)")
+        return []
 
 
 # -- YAML text -------------------------------------------------------------------------------
-def _mark(mark: Any) -> str:
-    return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "?"
+def _as_spec_error(exc: YAMLReadError) -> SpecError:
+    return SpecError(exc.source, [Problem(exc.where, exc.detail)])
 
 
-def _duplicate_keys(node: yaml.Node, path: list[str]) -> list[Problem]:
-    problems: list[Problem] = []
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[Any, int] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            if key is not None and key != "<<":
-                line = key_node.start_mark.line + 1
-                if key in seen:
-                    where = ".".join(path + [str(key)])
-                    what = {"nodes": "node name", "leaves": "leaf name", "monitors": "monitor name"}.get(
-                        ".".join(path), "key")
-                    problems.append(Problem(where, f"duplicate {what} '{key}' (line {line}; first defined at line "
-                                                   f"{seen[key]}): every name must be unique"))
-                else:
-                    seen[key] = line
-            problems += _duplicate_keys(value_node, path + [str(key)])
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            problems += _duplicate_keys(item, path + [f"[{i}]"] if not path else path[:-1] + [f"{path[-1]}[{i}]"])
-    return problems
-
-
-def read_yaml(text: str, source: str) -> Any:
-    """Parse YAML strictly: syntax errors with line/column, duplicate keys refused, empty refused."""
-    try:
-        tree = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        context = getattr(exc, "context", None)
-        detail = f"{problem}" + (f" ({context})" if context else "")
-        raise SpecError(source, [Problem(_mark(mark), f"YAML syntax error: {detail}")]) from None
-    if tree is None:
+def _pipeline_mapping(data: Any, source: str) -> dict[str, Any]:
+    if data is None:
         raise SpecError(source, [Problem("<file>", "the file is empty; a pipeline needs at least 'nodes:'")])
-    problems = _duplicate_keys(tree, [])
-    if problems:
-        raise SpecError(source, problems)
-    data = yaml.safe_load(text)
     if not isinstance(data, Mapping):
         raise SpecError(source, [Problem("<file>", f"a pipeline is a mapping (name:, nodes:, ...), got a "
                                                    f"{type(data).__name__}")])
-    return data
+    return dict(data)
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """Parse pipeline YAML text within the reader's limits (:mod:`cuvis_graph.yaml_reading`):
+    syntax errors with line/column, duplicate keys, tags, deep nesting and alias bombs refused,
+    empty or non-mapping documents refused."""
+    try:
+        return _pipeline_mapping(read_yaml_text(text, source), source)
+    except YAMLReadError as exc:
+        raise _as_spec_error(exc) from None
+
+
+def read_pipeline_file(path: str | os.PathLike, source: str | None = None) -> dict[str, Any]:
+    """Read a pipeline (or config-group) file within the reader's limits; :class:`SpecError` otherwise."""
+    label = source or str(path)
+    try:
+        return _pipeline_mapping(read_yaml_file(path, label), label)
+    except YAMLReadError as exc:
+        raise _as_spec_error(exc) from None
+
+
+def _hydra_settings(raw: Mapping[str, Any], source: str) -> None:
+    """Refuse Hydra's own settings in a file: ``hydra.searchpath`` alone imports a package
+    (``pkg://name``) while composing, and callbacks/logging configs run code."""
+    problems = []
+    if "hydra" in raw:
+        problems.append(Problem("hydra", "Hydra's own settings (searchpath, callbacks, job_logging...) cannot be "
+                                         "set in a pipeline; remove the 'hydra:' section"))
+    for i, entry in enumerate(raw.get("defaults") or []):
+        names = list(entry) if isinstance(entry, Mapping) else [entry]
+        for name in names:
+            if isinstance(name, str) and "hydra" in re.split(r"[/@.\s]+", name):
+                problems.append(Problem(f"defaults[{i}]", f"'{shorten(name)}' names Hydra's own config groups or "
+                                                          "package; a pipeline's defaults choose its own groups only"))
+    if problems:
+        raise SpecError(source, problems)
 
 
 # -- overrides and Hydra composition -------------------------------------------------------------
@@ -237,15 +244,40 @@ def _parse_overrides(overrides: Sequence[str], source: str) -> list[Any]:
     return parsed
 
 
+#: Most jobs one ``-m/--multirun`` command may sweep (each is validated before any trains).
+MAX_SWEEP_JOBS = 100
+
+
 def expand_sweeps(overrides: Sequence[str], source: str = "overrides") -> list[list[str]]:
-    """Hydra sweep syntax (``a=1,2 b=range(3)``) -> one override list per job (cartesian product)."""
+    """Hydra sweep syntax (``a=1,2 b=range(3)``) -> one override list per job (cartesian product).
+
+    At most :data:`MAX_SWEEP_JOBS` jobs: the values are counted lazily, so ``range(10**9)``
+    is refused at once with the count instead of being listed.
+    """
+    from hydra.errors import HydraException
+
     axes: list[list[str]] = []
     for o in _parse_overrides(overrides, source):
-        if o.is_sweep_override():
-            key = o.get_key_element()
-            axes.append([f"{key}={v}" for v in o.sweep_string_iterator()])
-        else:
+        if not o.is_sweep_override():
             axes.append([o.input_line])
+            continue
+        key = o.get_key_element()
+        try:
+            values = list(itertools.islice(o.sweep_string_iterator(), MAX_SWEEP_JOBS + 1))
+        except HydraException as exc:
+            raise SpecError(source, [Problem(f"override '{shorten(o.input_line)}'",
+                                             f"cannot sweep it: {str(exc).strip().splitlines()[0]}")]) from None
+        if not values:
+            raise SpecError(source, [Problem(f"override '{shorten(o.input_line)}'", "sweeps no value at all")])
+        axes.append([f"{key}={v}" for v in values])
+    counts = [len(a) for a in axes]
+    total = math.prod(counts)
+    if total > MAX_SWEEP_JOBS:
+        cut = max(counts) > MAX_SWEEP_JOBS  # an axis counted only up to the bound
+        sizes = " x ".join(f"{'>' * (n > MAX_SWEEP_JOBS)}{min(n, MAX_SWEEP_JOBS)}" for n in counts if n > 1)
+        raise SpecError(source, [Problem("-m/--multirun", f"the overrides sweep {'more than ' * cut}{total - cut} "
+                                                          f"combinations ({sizes} values); at most {MAX_SWEEP_JOBS} "
+                                                          "runs per command: sweep fewer values or split the sweep")])
     return [list(combo) for combo in itertools.product(*axes)] if axes else [[]]
 
 
@@ -395,20 +427,49 @@ def _hydra_compose(path: Path, overrides: list[str], source: str) -> Any:
         GlobalHydra.instance().clear()
 
 
-def _check_group_files(path: Path, raw: Mapping[str, Any], group_lines: list[str]) -> None:
-    chosen: dict[str, str] = {}
+def _defaults_files(raw: Mapping[str, Any], group: str, root: Path) -> list[Path]:
+    """The config-group files a ``defaults:`` list in folder ``group`` selects."""
+    files = []
     for entry in raw.get("defaults") or []:
-        if isinstance(entry, Mapping):
-            for group, option in entry.items():
-                if isinstance(option, str):
-                    chosen[str(group).lstrip("/").split("@")[0].replace("override ", "")] = option
-    for line in group_lines:
-        group, _, option = line.partition("=")
-        chosen[group] = option
-    for group, option in chosen.items():
-        file = path.parent / group / f"{option}.yaml"
-        if file.is_file():
-            read_yaml(file.read_text(encoding="utf-8"), str(file))
+        items = entry.items() if isinstance(entry, Mapping) else [(None, entry)]
+        for key, option in items:
+            if key is None:  # `- other_config` in the same folder, `- _self_`
+                options, folder = [option], group
+            else:
+                name = str(key).replace("override ", "").replace("optional ", "").strip().split("@")[0]
+                folder = name.lstrip("/") if name.startswith("/") else "/".join(p for p in (group, name) if p)
+                options = option if isinstance(option, list) else [option]
+            files += [root / folder / f"{o}.yaml" for o in options if isinstance(o, str) and o != "_self_"]
+    return files
+
+
+def _check_group_files(path: Path, raw: Mapping[str, Any], group_lines: list[str]) -> None:
+    """Read every config-group file the composition uses (nested defaults followed) with the
+    bounded reader and refuse Hydra's own settings in them, before Hydra reads them itself."""
+    root = path.parent
+    todo = _defaults_files(raw, "", root)
+    todo += [root / group / f"{option}.yaml" for group, _, option in (line.partition("=") for line in group_lines)]
+    seen: set[Path] = set()
+    while todo:
+        file = todo.pop()
+        if file in seen or not file.is_file():
+            continue
+        seen.add(file)
+        try:
+            data = read_yaml_file(file)
+        except YAMLReadError as exc:
+            raise _as_spec_error(exc) from None
+        if data is None:
+            continue
+        if not isinstance(data, Mapping):
+            raise SpecError(str(file), [Problem("<file>", f"a config-group file is a mapping, got a "
+                                                          f"{type(data).__name__}")])
+        header = re.search(r"^#\s*@package\s+(\S+)", file.read_text(encoding="utf-8"), re.MULTILINE)
+        if header and "hydra" in re.split(r"[/@.]+", header.group(1)):
+            raise SpecError(str(file), [Problem("@package", "a config-group file cannot write into Hydra's own "
+                                                            "settings; remove the '@package hydra' header")])
+        _hydra_settings(data, str(file))
+        todo += _defaults_files(data, str(file.parent.relative_to(root)), root)
 
 
 def _to_container(cfg: Any, source: str) -> dict[str, Any]:
@@ -440,6 +501,14 @@ def _missing_values(value: Any, path: list[str]) -> Iterable[str]:
             yield from _missing_values(v, path + [str(i)])
 
 
+def _is_yaml_text(source: str) -> bool:
+    """A string is YAML text (not a path) when it has several lines, or one line with a
+    ``key:`` and no existing file of that name."""
+    if "\n" in source:
+        return True
+    return ":" in source and not source.strip().endswith((".yaml", ".yml")) and not Path(source).exists()
+
+
 def load_config(source: str | os.PathLike | Mapping[str, Any], overrides: Sequence[str] = (),
                 allow_modules: Iterable[str] = ()) -> tuple[dict[str, Any], str]:
     """The composed, resolved pipeline config and a label for messages.
@@ -452,18 +521,13 @@ def load_config(source: str | os.PathLike | Mapping[str, Any], overrides: Sequen
     allow = list(allow_modules)
     if isinstance(source, Mapping):
         label, raw, path = "<pipeline>", dict(source), None
+    elif isinstance(source, str) and _is_yaml_text(source):
+        label, raw, path = "<yaml text>", read_yaml(source, "<yaml text>"), None
     else:
-        text_given = isinstance(source, str) and ("\n" in source or (
-            not source.strip().endswith((".yaml", ".yml")) and not Path(source).is_file()))
-        if text_given:
-            label, raw, path = "<yaml text>", read_yaml(source, "<yaml text>"), None
-        else:
-            path = Path(source)
-            label = str(source)
-            if not path.is_file():
-                raise SpecError(label, [Problem("<file>", "no such file")])
-            raw = read_yaml(path.read_text(encoding="utf-8"), label)
-    allow += [m for m in raw.get("allow_modules") or [] if isinstance(m, str)]
+        path = Path(source)
+        label = str(source)
+        raw = read_pipeline_file(path, label)
+    _hydra_settings(raw, label)
     parsed = _parse_overrides(list(overrides), label)
     if path is not None and path.suffix == ".yaml":
         groups = {d.name for d in path.parent.iterdir() if d.is_dir()}
@@ -688,6 +752,23 @@ def _pydantic_problems(exc: ValidationError) -> list[Problem]:
     return problems
 
 
+def _check_names(config: Mapping[str, Any], source: str) -> None:
+    """Names that become paths (:mod:`cuvis_graph.names`), checked before anything echoes them."""
+    problems = []
+    if "name" in config:
+        problem = name_problem(config["name"])
+        if problem:
+            problems.append(Problem("name", problem))
+    for section in ("nodes", "leaves", "monitors"):
+        entries = config.get(section)
+        for key in entries if isinstance(entries, Mapping) else ():
+            problem = name_problem(key)
+            if problem:
+                problems.append(Problem(f"{section}.{shorten(key)}", problem))
+    if problems:
+        raise SpecError(source, problems)
+
+
 def parse_spec(config: Mapping[str, Any], source: str = "<pipeline>") -> PipelineSpec:
     """Validate the structure of a (composed) pipeline config; :class:`SpecError` otherwise."""
     try:
@@ -710,6 +791,7 @@ def build_pipeline(config: Mapping[str, Any], source: str = "<pipeline>", allow_
     """
     from .graph import Graph
 
+    _check_names(config, source)
     spec = parse_spec(config, source)
     allow: list[str] = []
     problems: list[Problem] = []
@@ -719,12 +801,6 @@ def build_pipeline(config: Mapping[str, Any], source: str = "<pipeline>", allow_
             allow.append(module)
         except UnsafeTargetError as exc:
             problems.append(Problem(f"--allow-module {module}", str(exc)))
-    for i, module in enumerate(spec.allow_modules):
-        try:
-            check_module_name(module.strip())
-            allow.append(module.strip())
-        except UnsafeTargetError as exc:
-            problems.append(Problem(f"allow_modules[{i}]", str(exc)))
     node_names, leaf_names = list(spec.nodes), list(spec.leaves)
     for name in leaf_names:
         if name in spec.nodes:
@@ -792,8 +868,6 @@ def build_pipeline(config: Mapping[str, Any], source: str = "<pipeline>", allow_
     resolved.update((k, config[k]) for k in ("nodes", "leaves", "monitors") if config.get(k))
     resolved["data"] = {"type": spec.data.type_name, "params": dict(spec.data.params)}
     resolved["training"] = spec.training.model_dump(mode="json")
-    if spec.allow_modules:
-        resolved["allow_modules"] = list(spec.allow_modules)
     return Pipeline(spec.name, graph, spec.training, datamodule, resolved, source, spec, allow)
 
 

@@ -281,11 +281,17 @@ def test_mandatory_values_and_interpolations(tmp_path: Path) -> None:
     assert load_pipeline(path).datamodule.params["height"] == 16
 
 
-def test_allow_modules_in_the_pipeline() -> None:
-    text = BASE + "allow_modules: [os]\n"
-    assert "allow_modules[0]: module 'os' can never be allowlisted" in problems(text)
+def test_a_pipeline_cannot_allowlist_modules_itself() -> None:
     text = BASE.replace("type: RXGlobal", "_target_: cg_missing_pkg.RX") + "allow_modules: [cg_missing_pkg]\n"
-    assert "cannot import allowlisted module 'cg_missing_pkg'" in problems(text)
+    message = problems(text)
+    assert "allow_modules: a pipeline cannot widen its own allowlist" in message
+    assert "--allow-module cg_missing_pkg" in message
+    text = BASE.replace("type: RXGlobal", "_target_: cg_missing_pkg.RX")
+    with pytest.raises(SpecError) as info:  # the caller may allowlist it
+        load_pipeline(text, allow_modules=["cg_missing_pkg"])
+    assert "cannot import allowlisted module 'cg_missing_pkg'" in str(info.value)
+    with pytest.raises(SpecError, match="--allow-module os: module 'os' can never be allowlisted"):
+        load_pipeline(BASE, allow_modules=["os"])
 
 
 # -- .mat datamodule ----------------------------------------------------------------------------
