@@ -343,6 +343,10 @@ def _check_out_dir(out: Path) -> None:
     refuse_inside_model(out, "out folder")
     if out.exists() and not out.is_dir():
         raise CuvisGraphError(f"out folder {out}: exists and is not a folder; choose another path")
+    links = sorted(e.name for e in out.iterdir() if e.is_symlink()) if out.is_dir() else []
+    if links:
+        raise CuvisGraphError(f"out folder {out}: {links[0]} is a symbolic link (to {os.readlink(out / links[0])}); "
+                              "refusing to write through it or replace it: remove the link or choose another folder")
     if out.is_dir() and any(out.iterdir()) and not _is_earlier_prediction(out):
         raise CuvisGraphError(f"out folder {out}: is not empty and holds no earlier prediction (a summary.csv "
                               "of cuvis-graph predict and result folders only); refusing to replace it: choose an "
@@ -460,5 +464,5 @@ def _predict_each(graph: Graph, files: Sequence[tuple[Path, str | None]], names:
             if str(path) not in message:
                 message = f"{path}: {type(exc).__name__}: {message}"
             result.status, result.error = "error", message
-            tqdm.write(f"error: {message} (skipped)", file=sys.stderr)
+            tqdm.write(f"skipped: {message}", file=sys.stderr)  # one "error:" line is for fatal errors
     bar.close()

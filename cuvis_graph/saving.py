@@ -447,7 +447,39 @@ def load_graph(path: str | os.PathLike, *, allow_modules: Iterable[str] = (), n_
     _load_state(graph, weights, directory / WEIGHTS_FILE)
     for obj in [*graph.nodes.values(), *graph.leaves.values()]:
         obj.eval()
+    if _is_int(meta.get("n_channels")):
+        _probe(graph, meta["n_channels"], directory / WEIGHTS_FILE)
     return graph
+
+
+def _probe(graph: Graph, n_channels: int, file: Path) -> None:
+    """Run the fitted graph once on a small ``[1, 4, 4, C]`` ramp, node by node, so that weights
+    sized at fit time (empty before loading, so not comparable to the fresh graph) that do not
+    fit the model's C fail here, naming the node and its weights' shapes."""
+    from .compiler import compile_graph
+    from .executor import Executor
+
+    if not all(node.is_fitted for node in graph.nodes.values()):
+        return
+    try:
+        plan = compile_graph(graph, DataSpec(n_channels=n_channels, batch_keys=frozenset({"cube"})),
+                             with_leaves=False)
+    except CuvisGraphError:
+        return  # structural problems are reported where the graph is used, with every problem listed
+    executor = Executor(plan)
+    batch = {"cube": torch.linspace(0.0, 1.0, 16 * n_channels).reshape(1, 4, 4, n_channels)}
+    outputs: dict[str, dict[str, torch.Tensor]] = {}
+    with torch.no_grad():
+        for step in plan.steps:
+            try:
+                outputs[step.name] = executor.run_step(step, batch, outputs)
+            except (RuntimeError, ValueError, IndexError) as exc:
+                shapes = ", ".join(f"{step.name}.{k} {list(t.shape)}" for k, t in step.node.state_dict().items()
+                                   if t.numel() > 1)
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise ModelFormatError(f"{file}: the weights of node '{step.name}' ({type(step.node).__name__}) "
+                                       f"do not fit the model's {n_channels}-channel input ({shapes}): {first}; "
+                                       "restore the file or save the model again") from None
 
 
 # -- channel check -----------------------------------------------------------------------------
