@@ -25,7 +25,9 @@ __all__ = [
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Base of every config model: unknown fields and non-finite floats (``nan``, ``inf``) are refused."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class TrainerConfig(StrictModel):
@@ -225,7 +227,8 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> str:
     lines = []
     for e in error.errors():
         path = ".".join(str(p) for p in (prefix.split(".") if prefix else []) + list(e["loc"]))
-        lines.append(f"{path or '<root>'}: {e['msg']}")
+        got = f" (got {e['input']!r})" if e["type"] == "finite_number" else ""
+        lines.append(f"{path or '<root>'}: {e['msg']}{got}")
     return "\n".join(lines)
 
 

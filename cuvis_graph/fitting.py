@@ -20,7 +20,7 @@ from tqdm import tqdm  # plain text bars: tqdm.auto wants ipywidgets in notebook
 
 from .executor import Executor
 from .plan import Plan
-from .statistics import Accumulator
+from .statistics import Accumulator, StatisticsError
 
 __all__ = ["fit_statistics", "FitReport", "move_batch"]
 
@@ -115,7 +115,12 @@ def fit_statistics(
             for acc in accumulators[name].values():
                 acc.all_reduce()
             node = plan.step(name).node
-            node.finalize_statistics(accumulators[name])
+            try:
+                node.finalize_statistics(accumulators[name])
+            except StatisticsError as exc:  # name the node once, in front
+                if str(exc).startswith(f"node '{name}'"):
+                    raise
+                raise StatisticsError(f"node '{name}' ({type(node).__name__}): {exc}") from exc
             node.mark_fitted(True)
         log.info("statistics pass %d/%d fitted %s", depth, len(levels), names)
     report.seconds = time.perf_counter() - started

@@ -13,6 +13,8 @@ Leaves hang off one parent node and read named things only:
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
     from .node import Node
 
 __all__ = ["LeafNode", "LossNode", "MetricNode", "VisualizationNode", "MonitoringNode", "TARGET_KEY"]
+
+log = logging.getLogger(__name__)
 
 #: Key under which a leaf finds its resolved labels in the batch it receives.
 TARGET_KEY = "target"
@@ -108,13 +112,24 @@ class MetricNode(LeafNode):
     ) -> None:
         raise NotImplementedError
 
-    @staticmethod
-    def compute_metrics(metrics: Metric | MetricCollection) -> dict[str, float]:
-        """``{name: value}`` from a metric or collection (tensors of one element)."""
+    def compute_metrics(self, metrics: Metric | MetricCollection) -> dict[str, float]:
+        """``{name: value}`` from a metric or collection (tensors of one element).
+
+        A value that is undefined on this data (NaN, e.g. AUROC when the labels hold one
+        class only) stays NaN, which the run record writes as ``null``; a warning names the
+        leaf, the metric and why (the state's ``undefined`` reasons), once per leaf and metric.
+        """
         values = metrics.compute()
         if not isinstance(values, Mapping):
             values = {"value": values}
-        return {k: float(v) for k, v in values.items()}
+        out = {k: float(v) for k, v in values.items()}
+        warned = self.__dict__.setdefault("_warned_undefined", set())
+        for key, value in out.items():
+            if math.isnan(value) and key not in warned:
+                warned.add(key)
+                reason = getattr(metrics, "undefined", {}).get(key, "the data does not define it")
+                log.warning("metric leaf '%s': '%s' is undefined (%s); recorded as null", self.name, key, reason)
+        return out
 
 
 class VisualizationNode(LeafNode):

@@ -28,7 +28,10 @@ from abc import ABC, abstractmethod
 import torch
 import torch.distributed as dist
 
+from .errors import CuvisGraphError
+
 __all__ = [
+    "StatisticsError",
     "Accumulator",
     "MomentAccumulator",
     "MinMaxAccumulator",
@@ -36,6 +39,11 @@ __all__ = [
 ]
 
 F64 = torch.float64
+
+
+class StatisticsError(CuvisGraphError, RuntimeError):
+    """Statistics that cannot be right (too few samples, non-finite or singular); the fitting
+    pass puts the node's name in front of the message."""
 
 
 def distributed_ready() -> bool:
@@ -194,7 +202,7 @@ class MomentAccumulator(Accumulator):
 
     def _require_data(self) -> None:
         if self.n == 0:
-            raise RuntimeError("no data was accumulated")
+            raise StatisticsError("no data was accumulated")
 
     @property
     def mean(self) -> torch.Tensor:
@@ -213,8 +221,16 @@ class MomentAccumulator(Accumulator):
     def covariance(self, ddof: int = 1) -> torch.Tensor:
         """Covariance ``scatter / (n - ddof)``; ``[C, C]`` or its diagonal ``[C]``."""
         if self.n - ddof <= 0:
-            raise RuntimeError(f"need more than {ddof} samples for a covariance, got {self.n}")
+            raise StatisticsError(f"need more than {ddof} samples for a covariance, got {self.n}")
         return self.scatter / (self.n - ddof)
+
+    def require_rank(self, rank: int, what: str) -> None:
+        """Refuse fewer than ``rank + 1`` samples: the centred scatter of ``n`` rows has rank
+        ``<= n - 1``, so ``what`` (e.g. a full-rank ``C x C`` covariance) needs ``n >= rank + 1``."""
+        if self.n < rank + 1:
+            raise StatisticsError(f"{what} needs at least {rank + 1} samples (pixels), got n={self.n} for "
+                                  f"C={self.dim} channels: the covariance would be singular; use more or larger "
+                                  "training scenes (or fewer channels)")
 
     def variance(self, ddof: int = 1) -> torch.Tensor:
         """Per-channel variance ``[C]``."""

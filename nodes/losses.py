@@ -35,7 +35,7 @@ class AnomalyBCEWithLogits(LossNode):
 
     Args:
         weight: factor in the total loss.
-        pos_weight: weight of anomalous pixels (``w_pos``; counters class imbalance).
+        pos_weight: weight of anomalous pixels (``w_pos >= 0``; counters class imbalance).
         reduction: ``"mean"`` or ``"sum"`` over pixels.
     """
 
@@ -46,6 +46,9 @@ class AnomalyBCEWithLogits(LossNode):
         super().__init__(weight=weight, name=name, label_source=label_source)
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        if pos_weight is not None and pos_weight < 0:
+            raise ValueError(f"pos_weight: must be >= 0 (the weight of anomalous pixels), got {pos_weight}; "
+                             "a negative weight rewards missing anomalies")
         self.pos_weight, self.reduction = pos_weight, reduction
 
     def compute_loss(self, output: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:

@@ -33,7 +33,9 @@ class BinaryDetectionState(Metric):
 
     ``compute`` gives precision ``tp/(tp+fp)``, recall ``tp/(tp+fn)``, F1
     ``2tp/(2tp+fp+fn)``, IoU ``tp/(tp+fp+fn)``, accuracy, specificity ``tn/(tn+fp)``,
-    AUROC and average precision; an undefined ratio (0/0) is 0.
+    AUROC and average precision; an undefined ratio (0/0) is 0. AUROC (needs both
+    classes) and AP (needs an anomalous pixel) are NaN when the labels do not define them,
+    with the reason in ``undefined`` (the run record writes them as ``null``).
     """
 
     full_state_update = False
@@ -46,6 +48,8 @@ class BinaryDetectionState(Metric):
             self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("scores", default=[], dist_reduce_fx="cat")
         self.add_state("labels", default=[], dist_reduce_fx="cat")
+        #: metric -> why it is undefined (NaN) in the last ``compute``.
+        self.undefined: dict[str, str] = {}
 
     def update(self, scores: torch.Tensor, labels: torch.Tensor) -> None:
         scores = scores.detach().reshape(-1)
@@ -76,6 +80,10 @@ class BinaryDetectionState(Metric):
             labels = _cat(self.labels)
             out["auroc"] = torch.tensor(roc_auc(scores, labels), dtype=torch.float64)
             out["average_precision"] = torch.tensor(average_precision(scores, labels), dtype=torch.float64)
+            positives = int(labels.sum())
+            counts = f"{positives} anomalous and {labels.numel() - positives} background pixels"
+            self.undefined = {key: f"the labels hold one class only: {counts}"
+                              for key in ("auroc", "average_precision") if torch.isnan(out[key])}
         return out
 
 

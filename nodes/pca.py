@@ -114,6 +114,7 @@ class TrainablePCA(Node):
         acc: MomentAccumulator = accumulators["moments"]  # type: ignore[assignment]
         device = self.mean.device
         if self.center:
+            acc.require_rank(self.n_components, f"{self.n_components} principal components")
             mean = acc.mean
             matrix = acc.covariance(ddof=1)
         else:

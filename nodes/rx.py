@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 from torch import nn
 
 from cuvis_graph.node import Node, PortSpec
 from cuvis_graph.registry import register
-from cuvis_graph.statistics import Accumulator, MomentAccumulator
+from cuvis_graph.statistics import Accumulator, MomentAccumulator, StatisticsError
 
-__all__ = ["RXGlobal", "whitening_from_covariance"]
+__all__ = ["RXGlobal", "whitening_from_covariance", "degenerate_bands"]
 
 log = logging.getLogger(__name__)
 
@@ -20,29 +21,66 @@ log = logging.getLogger(__name__)
 SCORE_BLOCK_ROWS = 4096
 
 
+#: Largest relative regulariser tried when the Cholesky factorisation fails.
+MAX_REGULARIZER = 1e-3
+
+
 def whitening_from_covariance(cov: torch.Tensor, eps: float, where: str = "RX") -> torch.Tensor:
     """Lower-triangular ``W = L^{-1}`` with ``L L^T = cov + eps * (tr(cov)/C) * I`` (float64).
 
-    Then ``(cov_reg)^{-1} = W^T W``. If the Cholesky factorisation fails, ``eps`` grows by
-    10x (up to 1e-3) and a warning names the node and the regulariser used: never a silent
-    pseudo-inverse cut-off.
+    Then ``(cov_reg)^{-1} = W^T W``. If the Cholesky factorisation fails, the regulariser
+    steps through ``1e-12, 1e-11, ..., 1e-3`` (those above ``eps``; at most 10 tries) and a
+    warning names the node, the regulariser used and the degenerate bands (constant, or
+    duplicated: the cause is upstream); never a silent pseudo-inverse cut-off.
+
+    Raises:
+        ValueError: ``eps`` negative or not finite.
+        StatisticsError: non-finite covariance, or not positive definite even at ``1e-3``.
     """
+    if not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"{where}: eps must be a finite number >= 0, got {eps}")
     cov = cov.to(torch.float64)
+    bad = int((~torch.isfinite(cov)).sum())
+    if bad:
+        raise StatisticsError(f"{where}: the covariance has {bad} non-finite entries of {cov.numel()}; the data or "
+                              "an upstream node produced NaN/Inf")
     c = cov.shape[0]
     scale = torch.trace(cov) / c
     identity = torch.eye(c, dtype=cov.dtype, device=cov.device)
-    current = eps
-    while True:
+    ladder = [eps] + [10.0 ** k for k in range(-12, 1 + round(math.log10(MAX_REGULARIZER))) if 10.0 ** k > eps]
+    for current in ladder:
         factor, info = torch.linalg.cholesky_ex(cov + current * scale * identity)
         if int(info) == 0:
             if current != eps:
-                log.warning("%s: covariance not positive definite; used relative regulariser %.1e instead of %.1e",
-                            where, current, eps)
+                log.warning("%s: covariance not positive definite%s; used relative regulariser %.1e instead of %.1e",
+                            where, degenerate_bands(cov), current, eps)
             return torch.linalg.solve_triangular(factor, identity, upper=False)
-        if current >= 1e-3:
-            raise RuntimeError(f"{where}: covariance is not positive definite even with regulariser {current:.0e}; "
-                               "the data may have constant or duplicated channels")
-        current = max(current * 10, 1e-12)
+    raise StatisticsError(f"{where}: covariance of C={c} channels is not positive definite even with regulariser "
+                          f"{ladder[-1]:.0e}{degenerate_bands(cov) or '; the data may have constant or duplicated channels'}")
+
+
+def degenerate_bands(cov: torch.Tensor, tol: float = 1e-9) -> str:
+    """``"; band 3 is constant ...; bands 1 and 2 are duplicates ..."`` for a ``[C, C]`` covariance, or ``""``.
+
+    A band is constant when its variance is ``<= tol * max variance``; two bands are
+    duplicates when their correlation is ``>= 1 - tol``.
+    """
+    var = torch.diagonal(cov).clamp_min(0)
+    top = float(var.max()) if var.numel() else 0.0
+    constant = torch.nonzero(var <= tol * top).reshape(-1).tolist() if top > 0 else list(range(var.numel()))
+    live = torch.nonzero(var > tol * top).reshape(-1) if top > 0 else var.new_zeros(0, dtype=torch.long)
+    std = var[live].sqrt()
+    corr = cov[live][:, live] / torch.outer(std, std)
+    pairs = [(int(live[i]), int(live[j])) for i, j in torch.nonzero(torch.triu(corr >= 1 - tol, diagonal=1)).tolist()]
+    parts = []
+    if constant:
+        parts.append(f"band{'s' if len(constant) > 1 else ''} {', '.join(map(str, constant[:10]))} "
+                     f"{'are' if len(constant) > 1 else 'is'} constant (variance 0)")
+    if pairs:
+        parts.append("bands " + ", ".join(f"{i} and {j}" for i, j in pairs[:5]) + " are duplicates (correlation 1)")
+    if not parts:
+        return ""
+    return "; " + " and ".join(parts) + ": the cause is upstream (drop those bands or check the data)"
 
 
 @register
@@ -101,10 +139,11 @@ class RXGlobal(Node):
 
     def finalize_statistics(self, accumulators: dict[str, Accumulator]) -> None:
         acc = accumulators["moments"]
+        acc.require_rank(acc.dim, "a full-rank covariance")
         device = self.mean.device
         self.mean = acc.mean.to(device)
         self.whitening = whitening_from_covariance(acc.covariance(ddof=1), self.eps,
-                                                   where=f"node '{self.name}'").to(device)
+                                                   where=f"node '{self.name}' (RXGlobal)").to(device)
         if self.trainable_stats:
             c = self.mean.shape[0]
             requires_grad = not self._frozen

@@ -13,6 +13,7 @@ is read.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,16 +24,43 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..distributed import ShardSampler, distributed_shape
 from ..plan import DataSpec
+from .checks import (
+    DataError,
+    integer_range_problem,
+    mask_problem,
+    nonfinite_problem,
+    wavelength_problem,
+)
 
 __all__ = ["GraphDataModule", "ArrayDataModule", "CubeDataset", "collate_cubes"]
 
+log = logging.getLogger(__name__)
+
 
 class CubeDataset(Dataset):
-    """In-memory cubes ``[N, H, W, C]`` (or a list of ``[H, W, C]``) with optional masks."""
+    """In-memory cubes ``[N, H, W, C]`` (or a list of ``[H, W, C]``) with optional masks.
+
+    The data is checked once, here (see :mod:`cuvis_graph.data.checks`): non-finite cube
+    values, masks with other than non-negative integers and non-finite, duplicated or
+    decreasing wavelengths raise :class:`~cuvis_graph.data.checks.DataError` naming the
+    sample (``source`` in front, e.g. the file the arrays came from); integer cubes beyond
+    2^24 are warned about.
+    """
 
     def __init__(self, cubes: Sequence[np.ndarray] | np.ndarray, masks: Sequence[np.ndarray] | None = None,
-                 wavelengths: np.ndarray | None = None) -> None:
+                 wavelengths: np.ndarray | None = None, source: str | None = None) -> None:
+        where = f"{source}: " if source else ""
+        for i, c in enumerate(cubes):
+            problem = integer_range_problem(np.asarray(c))
+            if problem:
+                log.warning("%ssample %d: %s", where, i, problem)
         self.cubes = [torch.as_tensor(np.asarray(c), dtype=torch.float32) for c in cubes]
+        for i, m in enumerate(masks if masks is not None else []):
+            problem = mask_problem(np.asarray(m))
+            if problem:
+                raise DataError(f"{where}sample {i}: {problem}")
+        if wavelengths is not None and (problem := wavelength_problem(np.asarray(wavelengths))):
+            raise DataError(f"{where}wavelengths: {problem}")
         self.masks = None if masks is None else [torch.as_tensor(np.asarray(m)).long() for m in masks]
         #: ``[N, H, W, C]`` when all cubes share a shape (``cubes`` are then views of it).
         self.stacked: torch.Tensor | None = None
@@ -48,6 +76,9 @@ class CubeDataset(Dataset):
                 raise ValueError(f"cube {i} has shape {tuple(c.shape)}; expected [H, W, C]")
             if self.masks is not None and self.masks[i].shape != c.shape[:2]:
                 raise ValueError(f"mask {i} has shape {tuple(self.masks[i].shape)}; expected {tuple(c.shape[:2])}")
+            problem = nonfinite_problem(c)
+            if problem:
+                raise DataError(f"{where}sample {i}: {problem}")
 
     def __len__(self) -> int:
         return len(self.cubes)

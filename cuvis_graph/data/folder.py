@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import ConfigError
 from ..plan import DataSpec
 from ..registry import register
+from .checks import integer_range_problem, nonfinite_problem, wavelength_problem
 from .datamodule import GraphDataModule
 from .readers import HyperspectralCube, ReaderError, list_cubes, read_cube
 from .tiling import Edge, TiledDataset, make_loader
@@ -60,6 +61,7 @@ class FileCubeDataset(Dataset):
         self.max_loaded = max_loaded
         self._cache: OrderedDict[Path, HyperspectralCube] = OrderedDict()
         self._shapes: dict[int, tuple[int, int]] = {}
+        self._range_checked: set[Path] = set()
 
     def __getstate__(self) -> dict[str, Any]:  # workers re-open files instead of pickling memmaps
         state = dict(self.__dict__)
@@ -97,7 +99,9 @@ class FileCubeDataset(Dataset):
         cube = self.open(index)
         window = cube.data[rows, cols]
         window = window[..., self.bands] if self.bands is not None else window
-        item = {"cube": torch.from_numpy(np.array(window, dtype=np.float32, order="C"))}
+        with np.errstate(over="ignore"):  # values beyond float32 become Inf, refused just below
+            item = {"cube": torch.from_numpy(np.array(window, dtype=np.float32, order="C"))}
+        self._check_values(index, cube, window, item["cube"])
         if self.with_mask:
             if cube.mask is None:
                 raise ReaderError(self.files[index], "has no ground-truth mask, but the datamodule declares 'mask'")
@@ -108,6 +112,29 @@ class FileCubeDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return self.read_region(index, slice(None), slice(None))
+
+    def _check_values(self, index: int, cube: HyperspectralCube, window: np.ndarray, values: torch.Tensor) -> None:
+        """Refuse non-finite values (naming the file); warn once per file about integers beyond 2^24."""
+        path = self.files[index]
+        problem = nonfinite_problem(values)
+        if problem:
+            raise ReaderError(path, problem + _byte_order_hint(cube, window))
+        if path not in self._range_checked:
+            self._range_checked.add(path)
+            problem = integer_range_problem(np.asarray(window))
+            if problem:
+                log.warning("%s: %s", path, problem)
+
+
+def _byte_order_hint(cube: HyperspectralCube, window: np.ndarray) -> str:
+    """``"; ... byte order = 1 ..."`` when the file declares a byte order and the other one reads finite."""
+    if cube.byte_order is None or np.dtype(window.dtype).kind != "f":
+        return ""
+    swapped = np.asarray(window).byteswap()  # the same bytes read in the other order
+    if not np.isfinite(swapped).all():
+        return ""
+    return (f" (the header says 'byte order = {cube.byte_order}'; read as 'byte order = {1 - cube.byte_order}' "
+            "every value is finite: the header's byte order is probably wrong)")
 
 
 def split_files(names: Sequence[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[str]]:
@@ -199,6 +226,9 @@ class FolderDataModule(GraphDataModule):
         self.read_kwargs = {k: v for k, v in (("key", key), ("mask_key", mask_key)) if v is not None}
         self.drop_bad_bands = drop_bad_bands
         self.user_wavelengths = None if wavelengths is None else np.asarray(wavelengths, dtype=np.float64)
+        problem = None if wavelengths is None else wavelength_problem(self.user_wavelengths)
+        if problem:
+            raise ConfigError(f"wavelengths: {problem}")
         self.tile, self.stride, self.edge = tile, stride, edge
         self.splits: dict[str, list[str]] = self._make_splits()
         self.bands: np.ndarray | None = None

@@ -15,6 +15,7 @@ import scipy.io
 from ..errors import ConfigError, did_you_mean
 from ..registry import register
 from .datamodule import CubeDataset, GraphDataModule
+from .readers import ReaderError
 
 __all__ = ["MatSceneDataModule"]
 
@@ -62,8 +63,12 @@ class MatSceneDataModule(GraphDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        content = scipy.io.loadmat(str(self.path), variable_names=[k for k in (self.cube_key, self.mask_key) if k])
+        try:
+            content = scipy.io.loadmat(str(self.path), variable_names=[k for k in (self.cube_key, self.mask_key) if k])
+        except Exception as exc:  # noqa: BLE001 - scipy raises many types for truncated or corrupt files
+            raise ReaderError(self.path, f"cannot read the data of the MATLAB file, it may be truncated or corrupt "
+                              f"({type(exc).__name__}: {exc})") from None
         cube = np.asarray(content[self.cube_key])
         masks = None if self.mask_key is None else [np.asarray(content[self.mask_key])]
-        dataset = CubeDataset([cube], masks)
+        dataset = CubeDataset([cube], masks, source=str(self.path))
         self.train_set = self.val_set = self.test_set = dataset

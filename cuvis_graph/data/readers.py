@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CuvisGraphError
+from .checks import mask_problem, wavelength_problem
 
 __all__ = [
     "HyperspectralCube",
@@ -60,6 +61,8 @@ class HyperspectralCube:
         bad_bands: ``[C]`` bool, True = bad band (ENVI ``bbl == 0``), or ``None``.
         mask: ``[H, W]`` ground truth (>0 = anomaly / class id), or ``None``.
         path: the file it was read from.
+        byte_order: the byte order the file declares (ENVI ``byte order``: 0 little, 1 big
+            endian), or ``None`` when the format carries its own.
     """
 
     data: np.ndarray
@@ -68,6 +71,7 @@ class HyperspectralCube:
     bad_bands: np.ndarray | None = None
     mask: np.ndarray | None = None
     path: Path | None = None
+    byte_order: int | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -180,6 +184,10 @@ def _check_cube(cube: HyperspectralCube) -> None:
             raise ReaderError(path, f"{name} has shape {value.shape}; expected ({c},), one per band")
     if cube.mask is not None and cube.mask.shape != (h, w):
         raise ReaderError(path, f"mask has shape {cube.mask.shape}; expected {(h, w)} (the cube's H, W)")
+    problem = (None if cube.wavelengths is None else wavelength_problem(cube.wavelengths)) \
+        or (None if cube.mask is None else mask_problem(cube.mask))
+    if problem:
+        raise ReaderError(path, problem)
 
 
 def _vector(value: Any) -> np.ndarray | None:
@@ -347,6 +355,7 @@ def _read_envi(path: Path, mmap: bool) -> HyperspectralCube:
         raise ReaderError(path, f"not a readable ENVI image ({type(exc).__name__}: {exc})") from None
     if not hasattr(img, "open_memmap"):
         raise ReaderError(path, f"ENVI file is a {type(img).__name__}, not an image cube")
+    _check_envi_size(header, img)
     try:
         data = img.open_memmap(interleave="bip", writable=False) if mmap else None
         if data is None:
@@ -370,4 +379,15 @@ def _read_envi(path: Path, mmap: bool) -> HyperspectralCube:
         wavelengths = wavelengths * 1000.0
         fwhm = None if fwhm is None else fwhm * 1000.0
     return HyperspectralCube(data=data, wavelengths=wavelengths, fwhm=fwhm,
-                             bad_bands=None if bbl is None else _bbl_to_bad(bbl))
+                             bad_bands=None if bbl is None else _bbl_to_bad(bbl), byte_order=int(img.byte_order))
+
+
+def _check_envi_size(header: Path, img: Any) -> None:
+    """The data file holds exactly ``offset + lines * samples * bands * itemsize`` bytes."""
+    expected = int(img.offset) + img.nrows * img.ncols * img.nbands * np.dtype(img.dtype).itemsize
+    actual = Path(img.filename).stat().st_size
+    if actual != expected:
+        raise ReaderError(header, f"the header describes {img.nrows} lines x {img.ncols} samples x {img.nbands} "
+                          f"bands of {np.dtype(img.dtype).name} (+ {img.offset} header offset) = {expected} bytes, "
+                          f"but the data file {img.filename} has {actual} bytes; fix 'lines', 'samples', "
+                          "'bands', 'data type' or 'header offset' in the header")
