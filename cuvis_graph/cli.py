@@ -227,7 +227,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _out(f"summary: {summary.summary_path}")
     if n_failed and not n_ok:
         raise CuvisGraphError(f"no input could be scored; see {summary.summary_path}")
-    return 2 if n_failed else 0
+    if n_failed:  # partial failure: exit status 2 with one error line (the rest was written)
+        print(f"error: {n_failed} of {n_ok + n_failed} input(s) could not be scored (first: "
+              f"{summary.failed[0].path}); see {summary.summary_path}", file=sys.stderr, flush=True)
+        return 2
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -332,7 +332,7 @@ def test_nan_and_inf_pixels_are_a_per_file_error(model: Path, scene: Path, workd
     np.save(workdir / "scenes" / "holes.npy", bad)
     snapshot = TreeSnapshot(workdir)
     outcome = predict(model, capsys, workdir / "scenes", "--out", workdir / "out")
-    assert outcome.rc == 2
+    outcome.fails_naming("1 of 2 input(s) could not be scored", str(workdir / "scenes" / "holes.npy"), rc=2)
     expected = f"3 of {bad.size} values are NaN or infinite (first at pixel y=1, x=2, band 3)"
     assert expected in outcome.err and str(workdir / "scenes" / "holes.npy") in outcome.err
     rows = summary_rows(workdir / "out" / "summary.csv")
@@ -350,7 +350,7 @@ def test_wavelengths_other_than_the_model_are_a_per_file_error(model: Path, scen
     np.savez(workdir / "scenes" / "same.npz", cube=cube(5, 6), wavelengths=WAVELENGTHS.copy())
     snapshot = TreeSnapshot(workdir)
     outcome = predict(model, capsys, workdir / "scenes", "--out", workdir / "out")
-    assert outcome.rc == 2
+    outcome.fails_naming("1 of 3 input(s) could not be scored", str(workdir / "out" / "summary.csv"), rc=2)
     rows = summary_rows(workdir / "out" / "summary.csv")
     message = rows["shifted.npz"]["error"]
     assert rows["shifted.npz"]["status"] == "error" and str(workdir / "scenes" / "shifted.npz") in message
@@ -443,3 +443,17 @@ def test_onnx_parity_counts_nan_as_a_mismatch(workdir: Path) -> None:
     with pytest.raises(ExportError, match=r"output 'broken' is not finite .*onnx \d+, eager \d+ NaN/Inf"):
         export_onnx(graph, workdir / "m.onnx", n_channels=C)
     snapshot.assert_unchanged()
+
+
+def test_export_over_an_earlier_export_replaces_it(model: Path, workdir: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import onnx
+
+    target = workdir / "model.onnx"  # the default: beside the model folder, never inside it
+    assert cli(["export", model], capsys).rc == 0
+    first = onnx.load(str(target))
+    snapshot = TreeSnapshot(workdir)
+    assert cli(["export", model, "-o", target, "--opset", "18"], capsys).rc == 0
+    snapshot.assert_unchanged(allowed=("model.onnx",))
+    assert first.opset_import[0].version == 17 and onnx.load(str(target)).opset_import[0].version == 18
+    assert sorted(p.name for p in model.iterdir()) == MODEL_FILES
