@@ -10,6 +10,8 @@
   to monitors that can draw histograms (``log_histograms``).
 * :class:`SafeCallback`: wraps a user callback; an exception in one of its hooks is
   reported once (name + error) and the callback is skipped from then on.
+* :class:`RecordGuard`: stops training at the next batch once the run's own record
+  (``metrics.jsonl``) could not be written: a run must not go on without its record.
 * :func:`build_callbacks`: callbacks from :class:`~cuvis_graph.config.TrainingConfig`.
 """
 
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from .checkpoints import load_checkpoint
 from .runs import atomic_write
 
 if TYPE_CHECKING:
@@ -36,6 +39,7 @@ __all__ = [
     "RNGStateCallback",
     "ParameterHistogramCallback",
     "SafeCallback",
+    "RecordGuard",
     "build_callbacks",
     "resolve_monitor",
 ]
@@ -50,7 +54,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: str | os.PathLike, map_location: Any | None = None,
                         weights_only: bool | None = True) -> dict[str, Any]:
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        return load_checkpoint(path, map_location=map_location or "cpu")
 
 
 def collect_rng_states() -> dict[str, Any]:
@@ -152,6 +156,23 @@ class SafeCallback(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.inner.load_state_dict(state_dict)
+
+
+class RecordGuard(pl.Callback):
+    """Calls ``check()`` (which raises when the run's record was lost) before every batch and
+    at the end of every epoch."""
+
+    def __init__(self, check: Any) -> None:
+        self.check = check
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        self.check()
+
+    def on_validation_batch_start(self, *args: Any) -> None:
+        self.check()
+
+    def on_train_epoch_end(self, *args: Any) -> None:
+        self.check()
 
 
 def resolve_monitor(requested: str | None, *, has_val: bool, has_loss: bool) -> str | None:

@@ -2,7 +2,7 @@
 
 ::
 
-    cuvis-graph train    PIPELINE.yaml [OVERRIDES...] [-m] [--runs-dir DIR] [--resume auto|RUN_DIR]
+    cuvis-graph train    PIPELINE.yaml [OVERRIDES...] [-m] [--runs-dir DIR] [--resume auto|RUN_DIR|CKPT]
                          [--save-predictions]
     cuvis-graph validate PIPELINE.yaml [OVERRIDES...]
     cuvis-graph show     PIPELINE.yaml [OVERRIDES...] [--format text|mermaid|png] [-o FILE]
@@ -181,8 +181,10 @@ def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) ->
         atomic_write_text(run_dir / "pipeline.yaml", pipeline.resolved_yaml())  # re-runnable as it is
     try:
         result = pipeline.graph.train(pipeline.datamodule, pipeline.training, run_dir=run_dir, pipeline_spec=spec,
-                                      resume=run_dir if run.resuming else None)
+                                      resume=(run.resume_checkpoint or run_dir) if run.resuming else None)
     except CuvisGraphError as exc:
+        if str(exc).startswith(f"run {run_dir}"):  # already names the run (e.g. a refused resume)
+            raise
         raise CuvisGraphError(f"run {run_dir} failed: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - reported with the run directory; --debug shows the chain
         raise CuvisGraphError(f"run {run_dir} failed: {type(exc).__name__}: {exc} "
@@ -280,9 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("-m", "--multirun", action="store_true",
                        help="sweep comma-separated override values; one run directory per combination")
-    train.add_argument("--resume", metavar="auto|RUN_DIR",
-                       help="continue a run from its last checkpoint / current stage ('auto': the newest run of "
-                            "this pipeline)")
+    train.add_argument("--resume", metavar="auto|RUN_DIR|CKPT",
+                       help="continue a run from its last checkpoint / current stage, or from CKPT (a .ckpt file "
+                            "in the run); 'auto': the newest run of this pipeline. The pipeline must be the run's "
+                            "own (training.trainer.max_epochs may grow)")
     train.add_argument("--runs-dir", metavar="DIR", help="root of the run directories (default: training.run.root, "
                                                          "'runs')")
     train.add_argument("--save-predictions", action="store_true",
@@ -367,7 +370,10 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 success, 1 error, 2 usage error, 130 interrupted)."""
+    """Entry point; returns the exit status (0 success, 1 error, 2 usage error, 130 interrupted
+    (SIGINT), 143 terminated (SIGTERM, recorded as ``terminated`` in the run))."""
+    from .runs import Terminated
+
     parser = build_parser()
     try:
         args = _parse(parser, sys.argv[1:] if argv is None else argv)
@@ -379,6 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         print(f"{PROG}: interrupted{': ' + str(exc) if str(exc) else ''}", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"{PROG}: terminated: {exc}", file=sys.stderr, flush=True)
+        return 143
     except CuvisGraphError as exc:
         _report(exc, debug, expected=True)
         return 1

@@ -249,8 +249,8 @@ class Graph:
                          resuming=os.environ.get(RESUMING_ENV) == "1")
             return train_graph(self, datamodule, config, callbacks, refit, None, worker_run=worker)
         run = open_run(self.name, root=runs_root or config.run.root, run_dir=run_dir, resume=resume)
-        with RunSession(run) as session:
-            run.write_config(config.model_dump(mode="json"), pipeline_spec or pipeline_summary(self))
+        # the session checks a resume against the run's recorded config, then writes config.yaml
+        with RunSession(run, config.model_dump(mode="json"), pipeline_spec or pipeline_summary(self)) as session:
             return train_graph(self, datamodule, config, callbacks, refit, session)
 
     # -- save / load / export (see cuvis_graph.saving, cuvis_graph.export) ---------------------

@@ -11,7 +11,11 @@
   validation before training logs its figures under stage ``initial``;
 * stages: ``loss_weights`` picks the active losses (``None`` weight = the leaf's own),
   ``frozen`` nodes run in eval mode (no noise, fixed masks), ``epoch_offset`` continues
-  epoch numbering across stages.
+  epoch numbering across stages;
+* divergence: a non-finite training loss (checked before its backward pass) or non-finite
+  weights after an optimizer step stop training with :class:`TrainingDiverged`, naming the
+  step, the epoch, the loss leaves and the first non-finite parameter's node, so that a
+  diverged model is never checkpointed or saved as the run's model.
 """
 
 from __future__ import annotations
@@ -25,15 +29,20 @@ import torch
 from torch import nn
 
 from .config import OptimizerConfig, SchedulerConfig
+from .errors import CuvisGraphError
 from .executor import Executor
 from .fitting import move_batch
 from .leaves import LossNode, MetricNode, VisualizationNode
 from .monitors.hub import MonitorHub
 from .plan import Plan
 
-__all__ = ["GraphModule", "build_optimizer", "build_scheduler"]
+__all__ = ["GraphModule", "TrainingDiverged", "build_optimizer", "build_scheduler"]
 
 STAGES = ("train", "val", "test")
+
+
+class TrainingDiverged(CuvisGraphError):
+    """The training loss or the weights became NaN / infinite."""
 
 
 def build_optimizer(params: list[nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
@@ -105,6 +114,7 @@ class GraphModule(pl.LightningModule):
         #: called once in ``setup("fit")`` with this module (see :mod:`cuvis_graph.training`)
         self.setup_task: Any = None
         self._eval_loss_sums: dict[str, torch.Tensor] = {}
+        self._last_losses: dict[str, torch.Tensor] = {}
 
     # -- steps ---------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
@@ -120,9 +130,11 @@ class GraphModule(pl.LightningModule):
             return None
         total = None
         bs = self._batch_size(batch)
+        self._last_losses = {}
         for b in self.loss_bindings:
             output, leaf_batch = self.executor.leaf_inputs(b, batch, outputs)
             value = self.loss_weights[b.name] * b.leaf.compute_loss(output, leaf_batch)
+            self._last_losses[b.name] = value.detach()
             self._log_loss(f"{stage}/loss/{b.name}", value, stage, bs)
             for part, part_value in (getattr(b.leaf, "last_components", None) or {}).items():
                 self.log(f"{stage}/loss/{b.name}/{part}", part_value, on_step=False, on_epoch=True, batch_size=bs,
@@ -172,7 +184,39 @@ class GraphModule(pl.LightningModule):
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
         outputs = self.executor.run(batch)
-        return self._losses(batch, outputs, "train")
+        loss = self._losses(batch, outputs, "train")
+        if loss is not None and not bool(torch.isfinite(loss.detach()).all()):
+            parts = ", ".join(f"'{n}'={float(v.float().sum()):.4g}" for n, v in self._last_losses.items()
+                              if not bool(torch.isfinite(v).all()))
+            self._diverged(f"the training loss is {float(loss.detach().float().sum())} (loss leaves {parts})")
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        params = [p for p in self.parameters() if p.requires_grad]
+        if params and not bool(torch.stack([torch.isfinite(p.detach()).all() for p in params]).all()):
+            self._diverged("the weights became non-finite in the optimizer step")
+
+    def _diverged(self, what: str) -> None:
+        """Raise :class:`TrainingDiverged` naming where, what and the first non-finite parameter."""
+        first, largest = None, (0.0, "")
+        for step in self.plan.steps:
+            for name, p in step.node.named_parameters():
+                bad = ~torch.isfinite(p.detach())
+                if bool(bad.any()):
+                    first = f"node '{step.name}' parameter '{name}' ({int(bad.sum())} of {p.numel()} values)"
+                    break
+                if p.numel():
+                    top = float(p.detach().abs().max())
+                    largest = max(largest, (top, f"node '{step.name}' parameter '{name}'"))
+            if first is not None:
+                break
+        weights = f"first non-finite weight: {first}" if first else \
+            f"the weights are finite (largest |w| = {largest[0]:.3g}, {largest[1] or 'none'})"
+        lr = self.optimizer_config.lr
+        raise TrainingDiverged(
+            f"training diverged at step {self.global_step} (epoch {self.epoch_offset + self.current_epoch}): {what}; "
+            f"{weights}; the model is not saved. Lower training.optimizer.lr (now {lr:g}) or set "
+            "training.trainer.gradient_clip_val")
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         outputs = self.executor.run(batch)

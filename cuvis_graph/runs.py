@@ -2,8 +2,9 @@
 
 Layout of one run (``<root>/<pipeline-name>/<YYYYMMDD_HHMMSS_mmm>/``)::
 
-    run.json             status pending -> running -> completed | failed | interrupted,
-                         times, attempts, final / initial / best metrics, failures, error
+    run.json             status pending -> running -> completed | failed | interrupted (SIGINT)
+                         | terminated (SIGTERM); times, attempts, final / initial / best metrics,
+                         failures, error
     config.yaml          resolved pipeline + training config, library versions, git commit
     metrics.jsonl        one JSON line per logged step/epoch (the run's FileMonitor)
     artifacts/<stage>/   figures as PNG by step
@@ -18,9 +19,15 @@ Every file here is written to a temporary file and renamed (``os.replace``), so 
 leaves either the old or the new version, never half of one. ``run.json`` is written at
 every status transition.
 
+The record tells the truth: a ``running`` record whose lock is not held by a live process
+(the process was killed with SIGKILL, ran out of memory, or could not write its outcome)
+is reported by :func:`read_run_json`, the one reader, as ``killed`` (its process is gone)
+or ``failed`` (it lives on but ended the attempt); the next writer stores that.
+
 Resume: ``resume="auto"`` continues the newest run of the pipeline under the root that
-has ``checkpoints/last.ckpt``; ``resume=<run dir or .ckpt file>`` continues that one. No
-checkpoint -> a fresh run, with a one-line notice.
+has ``checkpoints/last.ckpt``; ``resume=<run dir or .ckpt file>`` continues that one. A
+folder that is not a run, a checkpoint outside a run folder, a run trained with another
+pipeline or a run with nothing left to train are refused before anything is written.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -47,6 +55,9 @@ __all__ = [
     "Run",
     "RunLock",
     "RunLockedError",
+    "RunRecordError",
+    "ResumeError",
+    "Terminated",
     "open_run",
     "find_latest_run",
     "atomic_write",
@@ -57,11 +68,24 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("pending", "running", "completed", "failed", "interrupted")
+STATUSES = ("pending", "running", "completed", "failed", "interrupted", "terminated", "killed")
+ENDED = ("completed", "failed", "interrupted", "terminated", "killed")
 
 
 class RunLockedError(CuvisGraphError):
     """Another live process is training into this run directory."""
+
+
+class RunRecordError(CuvisGraphError):
+    """A run's ``run.json`` (or the folder it should be in) cannot be read or written."""
+
+
+class ResumeError(CuvisGraphError):
+    """A resume request that cannot continue the run it names."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived during training (a ``BaseException``, like ``KeyboardInterrupt``)."""
 
 
 # -- atomic files -------------------------------------------------------------------------
@@ -93,7 +117,51 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
 
 
 def read_run_json(run_dir: str | os.PathLike) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))
+    """The record of ``run_dir``, told truthfully: a stale ``running`` (see the module doc) is
+    returned as ``killed`` / ``failed``. :class:`RunRecordError` when it cannot be read."""
+    path = Path(run_dir) / "run.json"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunRecordError(f"{path}: no such file; {Path(run_dir)} is not a run folder") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunRecordError(f"{path}: cannot be read ({exc}); restore it or start a new run") from None
+    except ValueError as exc:
+        raise RunRecordError(f"{path}: not valid JSON ({exc}; truncated?); restore it or start a new run") from None
+    if not isinstance(record, dict):
+        raise RunRecordError(f"{path}: expected a JSON object, found {type(record).__name__}; not a run record")
+    for field, kind in (("status", (str, type(None))), ("history", list), ("attempts", list),
+                        ("failures", list)):
+        if field not in record:
+            raise RunRecordError(f"{path}: field '{field}' is missing; not a run record of cuvis-graph")
+        if not isinstance(record[field], kind):
+            raise RunRecordError(f"{path}: field '{field}' has the wrong type ({type(record[field]).__name__})")
+    if record["status"] not in (*STATUSES, None):
+        raise RunRecordError(f"{path}: field 'status' is {record['status']!r}, not one of {', '.join(STATUSES)}")
+    _tell_stale(Path(run_dir), record)
+    return record
+
+
+def _tell_stale(run_dir: Path, record: dict[str, Any]) -> None:
+    """``running`` without a live lock owner -> ``killed`` (process gone) or ``failed``."""
+    if record["status"] != "running":
+        return
+    owner = RunLock(run_dir).owner()
+    if owner is not None and (owner.get("host") != socket.gethostname() or _pid_alive(int(owner["pid"]))):
+        return  # alive (or on another host, where we cannot tell)
+    attempt = record["attempts"][-1] if record["attempts"] and isinstance(record["attempts"][-1], dict) else {}
+    pid, host = attempt.get("pid"), attempt.get("host")
+    gone = not isinstance(pid, int) or (host == socket.gethostname() and not _pid_alive(pid))
+    status = "killed" if gone else "failed"
+    message = (f"process {pid} on {host} ended without recording an outcome (killed: SIGKILL, out of memory "
+               "or power loss)" if gone else
+               f"process {pid} on {host} ended the attempt without recording its outcome (run.json could "
+               "not be written, e.g. a full disk)")
+    when = _now()
+    record.update(status=status, error={"type": status, "message": message, "detected_at": when})
+    record["history"].append({"status": status, "time": when, "detected": True})
+    if attempt:
+        attempt["status"] = status
 
 
 def _now() -> str:
@@ -151,6 +219,10 @@ class RunLock:
             return self
         raise RunLockedError(f"could not take the lock {self.path}")
 
+    def owner(self) -> dict[str, Any] | None:
+        """``{"pid", "host", "since"}`` of the lock file, ``None`` when absent or unreadable."""
+        return self._owner()
+
     def _owner(self) -> dict[str, Any] | None:
         try:
             owner = json.loads(self.path.read_text())
@@ -169,8 +241,8 @@ class RunLock:
 
 # -- finding runs -------------------------------------------------------------------------
 def _new_run_dir(root: Path, pipeline: str) -> Path:
-    base = root / _safe_name(pipeline)
-    base.mkdir(parents=True, exist_ok=True)
+    base = _inside(root, _safe_name(pipeline))
+    _make_dir(base, root)
     stamp = _dt.datetime.now()
     while True:
         path = base / (stamp.strftime("%Y%m%d_%H%M%S_") + f"{stamp.microsecond // 1000:03d}")
@@ -179,10 +251,34 @@ def _new_run_dir(root: Path, pipeline: str) -> Path:
             return path
         except FileExistsError:
             stamp += _dt.timedelta(milliseconds=1)
+        except OSError as exc:
+            raise RunRecordError(f"runs root {root}: cannot create the run folder {path} ({exc.strerror}); "
+                                 "pass --runs-dir (training.run.root) a writable folder") from None
+
+
+def _inside(root: Path, name: str) -> Path:
+    """``root / name``, refused unless it resolves to a folder inside ``root``."""
+    path = root / name
+    if path.resolve().parent != root.resolve():
+        raise RunRecordError(f"pipeline name {name!r}: the run folder {path} would leave the runs root {root}; "
+                             "rename the pipeline")
+    return path
+
+
+def _make_dir(path: Path, root: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise RunRecordError(f"runs root {root}: {path} or a folder above it is a file, not a folder; pass "
+                             "--runs-dir (training.run.root) a folder") from None
+    except OSError as exc:
+        raise RunRecordError(f"runs root {root}: cannot create {path} ({exc.strerror}); pass --runs-dir "
+                             "(training.run.root) a writable folder") from None
 
 
 def _safe_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "graph"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return safe if safe.strip(".") else "graph"
 
 
 def _resumable(path: Path) -> bool:
@@ -312,35 +408,64 @@ def open_run(pipeline: str, *, root: str | os.PathLike = "runs", run_dir: str | 
     """The run to train into.
 
     * ``resume="auto"``: newest run of ``pipeline`` under ``root`` with ``last.ckpt`` or
-      ``stage_state.json`` (staged training: see :mod:`cuvis_graph.training`);
-    * ``resume=<dir>``: that run directory; ``resume=<file.ckpt>``: that checkpoint (its
-      run directory is ``<file>/../..``);
+      ``stage_state.json`` (staged training: see :mod:`cuvis_graph.training`); none -> a
+      fresh run, with a one-line notice;
+    * ``resume=<dir>``: that run folder (it must hold a ``run.json``); without a checkpoint
+      its attempt starts over in the same folder;
+    * ``resume=<file.ckpt>``: that checkpoint, in the run folder it was written into;
     * otherwise ``run_dir`` (created if needed) or a new ``<root>/<pipeline>/<stamp>/``.
-    A resume request without a checkpoint starts fresh, with a one-line notice.
+    Resume requests that name no run are refused (:class:`ResumeError`), writing nothing.
     """
     root = Path(root)
+    if resume is not None and str(resume) != "auto":
+        return _resume_run(Path(resume), pipeline)
     if resume is not None:
-        ckpt: Path | None = None
-        target: Path | None = None
-        if str(resume) == "auto":
-            target = Path(run_dir) if run_dir is not None else find_latest_run(root, pipeline)
-        else:
-            target = Path(resume)
-            if target.suffix == ".ckpt":
-                ckpt, target = target, target.parent.parent
-        if target is not None:
-            ckpt = ckpt or target / "checkpoints" / "last.ckpt"
-            if ckpt.is_file() or (target / "stage_state.json").is_file():
-                log.warning("resuming run %s from %s", target, ckpt if ckpt.is_file() else "its stage state")
-                return Run(target, pipeline, resume_checkpoint=ckpt if ckpt.is_file() else None, resuming=True)
-        log.warning("resume=%s: no checkpoint found (%s); starting a fresh run", resume, ckpt or root / pipeline)
-        if target is not None and str(resume) != "auto":
-            run_dir = target
+        target = Path(run_dir) if run_dir is not None else find_latest_run(root, pipeline)
+        if target is not None and (target / "run.json").is_file():
+            return _resume_run(target, pipeline)
+        log.warning("resume=auto: no checkpoint found for %s under %s; starting a fresh run", pipeline, root)
     if run_dir is not None:
         path = Path(run_dir)
-        path.mkdir(parents=True, exist_ok=True)
+        _make_dir(path, path.parent)
         return Run(path, pipeline)
     return Run(_new_run_dir(root, pipeline), pipeline)
+
+
+def _resume_run(target: Path, pipeline: str) -> Run:
+    """The run ``target`` (a run folder or a ``.ckpt`` file in one) names, checked."""
+    ckpt: Path | None = None
+    if target.suffix == ".ckpt" or target.is_file():
+        ckpt = target
+        if not ckpt.is_file():
+            raise ResumeError(f"--resume {ckpt}: no such checkpoint file")
+        folder = next((p for p in list(ckpt.resolve().parents)[:3] if (p / "run.json").is_file()), None)
+        if folder is None:
+            raise ResumeError(f"--resume {ckpt}: the checkpoint is not inside a run folder (no run.json in the 3 "
+                              "folders above it); resume needs the run it was written into")
+        target = folder
+    elif not target.is_dir():
+        raise ResumeError(f"--resume {target}: no such run folder")
+    elif not (target / "run.json").is_file():
+        raise ResumeError(f"--resume {target}: not a run folder (no run.json); pass a folder written by "
+                          "'cuvis-graph train' (runs/<pipeline>/<stamp>) or 'auto'")
+    run = Run(target, pipeline)  # reads run.json: refuses a corrupt one
+    if ckpt is not None:
+        staged = (target / "stage_state.json").is_file() and json.loads(
+            (target / "stage_state.json").read_text(encoding="utf-8")).get("stages") not in (None, ["train"])
+        if staged:
+            raise ResumeError(f"--resume {ckpt}: run {target} trains in stages, which resume from their own "
+                              f"checkpoints; pass the run folder {target}")
+    else:
+        last = run.last_checkpoint
+        ckpt = last if last.is_file() else None
+    if ckpt is not None:
+        from .checkpoints import load_checkpoint
+
+        load_checkpoint(ckpt)  # refuses a truncated file or one that needs pickle, before anything is written
+    run.resume_checkpoint = ckpt
+    run.resuming = ckpt is not None or (target / "stage_state.json").is_file()
+    log.warning("resuming run %s from %s", target, ckpt or ("its stage state" if run.resuming else "the start"))
+    return run
 
 
 # -- environment ------------------------------------------------------------------------------
@@ -395,33 +520,68 @@ def pipeline_summary(graph: Any) -> dict[str, Any]:
 class RunSession:
     """Context manager around one training attempt in ``run``.
 
-    Enter: take the lock, status ``running`` (a new attempt), log to ``logs/training.log``.
+    Enter: take the lock; when the run has earlier attempts, refuse (writing nothing) a
+    pipeline that differs from the recorded one or a completed run with nothing left to
+    train; status ``running`` (a new attempt), ``config.yaml``, log to ``logs/training.log``;
+    SIGTERM raises :class:`Terminated` (Lightning alone would stop and report success).
     Exit: ``completed``; ``interrupted`` on Ctrl-C (Lightning's graceful shutdown exits
-    with ``SystemExit``: re-raised here as ``KeyboardInterrupt``); ``failed`` with the
-    error and ``logs/traceback.txt`` on any other exception. Monitor / visualization /
+    with ``SystemExit``: re-raised here as ``KeyboardInterrupt``); ``terminated`` on
+    SIGTERM; ``failed`` with the error and ``logs/traceback.txt`` on any other exception,
+    as far as the disk allows (when even ``run.json`` cannot be written, its stale
+    ``running`` is told as it is by :func:`read_run_json`). Monitor / visualization /
     callback failures of ``hub`` go into ``run.json`` in every case.
     """
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, training: Mapping[str, Any] | None = None,
+                 pipeline: Mapping[str, Any] | None = None) -> None:
         self.run = run
+        self.training, self.pipeline = training, pipeline
         self.hub: Any = None
         self._stack = contextlib.ExitStack()
         self._sigint: Any = None
+        self._terminated = False
 
     def __enter__(self) -> RunSession:
         run = self.run
         run.lock.acquire()
         self._stack.callback(run.lock.release)
+        try:
+            if self.training is not None and run.record["attempts"]:
+                check_continuation(run, self.training, self.pipeline or {})
+        except BaseException:
+            self._stack.close()
+            raise
+        try:
+            self._start()
+        except BaseException as exc:
+            if not self.__exit__(type(exc), exc, exc.__traceback__):
+                raise
+        return self
+
+    def _start(self) -> None:
+        run = self.run
         self._stack.enter_context(run.log_to_file())
         if threading.current_thread() is threading.main_thread():
             self._sigint = signal.getsignal(signal.SIGINT)
+            if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+                signal.signal(signal.SIGTERM, self._on_sigterm)
+                self._stack.callback(signal.signal, signal.SIGTERM, signal.SIG_DFL)
         if run.status is None:
             run.set_status("pending")
-        run.record["attempts"].append({"status": "running", "started_at": _now(), "pid": os.getpid(), "host": socket.gethostname(),
-                                       "resumed_from": str(run.resume_checkpoint) if run.resume_checkpoint else None})
+        if not run.resuming and run.record["attempts"]:
+            run.trim_metrics(0)  # the attempt starts over: no lines of the earlier one stay
+        run.record["attempts"].append({"status": "running", "started_at": _now(), "pid": os.getpid(),
+                                       "host": socket.gethostname(), "resumed_from": str(run.resume_checkpoint)
+                                       if run.resume_checkpoint else None})
         run.record.setdefault("started_at", run.record["attempts"][0]["started_at"])
         run.set_status("running", error=None, ended_at=None)
-        return self
+        if self.training is not None:
+            run.write_config(self.training, self.pipeline or {})
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        if not self._terminated:  # a second SIGTERM during the shutdown is ignored
+            self._terminated = True
+            raise Terminated("SIGTERM")
 
     def finish(self, metrics: Mapping[str, Any], initial: Mapping[str, Any] | None = None,
                best: Mapping[str, Any] | None = None, **extra: Any) -> None:
@@ -435,6 +595,8 @@ class RunSession:
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         run = self.run
+        interrupted = isinstance(exc, KeyboardInterrupt) or (
+            isinstance(exc, SystemExit) and isinstance(exc.__context__, KeyboardInterrupt))
         try:
             if self.hub is not None:
                 known = {(f["name"], f["error"]) for f in run.record["failures"]}
@@ -443,18 +605,94 @@ class RunSession:
                     if (f["name"], f["error"]) not in known)
             if exc is None:
                 run.set_status("completed")
-            elif isinstance(exc, KeyboardInterrupt) or (
-                    isinstance(exc, SystemExit) and isinstance(exc.__context__, KeyboardInterrupt)):
+            elif interrupted:
                 run.set_status("interrupted", error={"type": "KeyboardInterrupt", "message": "interrupted by the user"})
+            elif isinstance(exc, Terminated):
+                run.set_status("terminated", error={"type": "SIGTERM", "message": "terminated by SIGTERM"})
             else:
-                path = run.write_traceback(exc)
-                log.error("run %s failed: %s: %s (traceback in %s)", run.path, type(exc).__name__, exc, path)
-                run.set_status("failed", error={"type": type(exc).__name__, "message": str(exc),
-                                                "traceback": str(path.relative_to(run.path))})
+                self._record_failure(exc)
         finally:
             if self._sigint is not None:
                 signal.signal(signal.SIGINT, self._sigint)
             self._stack.close()
-        if isinstance(exc, SystemExit) and isinstance(exc.__context__, KeyboardInterrupt):
+        if interrupted:
             raise KeyboardInterrupt(f"training interrupted; resume with resume={str(run.path)!r}") from None
+        if isinstance(exc, Terminated):
+            raise Terminated(f"run {run.path} terminated by SIGTERM; continue it with --resume {run.path}") from None
         return False
+
+    def _record_failure(self, exc: BaseException) -> None:
+        """``failed`` with the error; a full disk may refuse the traceback or even ``run.json``
+        (then the stale ``running`` is told by the next reader)."""
+        run = self.run
+        try:
+            path: Path | None = run.write_traceback(exc)
+        except OSError:
+            path = None
+        log.error("run %s failed: %s: %s (traceback in %s)", run.path, type(exc).__name__, exc, path)
+        error = {"type": type(exc).__name__, "message": str(exc),
+                 "traceback": str(path.relative_to(run.path)) if path is not None else None}
+        try:
+            run.set_status("failed", error=error)
+        except OSError as write_error:
+            log.error("run %s: could not record the failure in run.json (%s)", run.path, write_error)
+
+
+# -- resume checks ----------------------------------------------------------------------------
+#: training settings an attempt may change on resume (length, display, devices)
+ATTEMPT_KEYS = re.compile(r"^training\.(trainer\.(max_epochs|enable_progress_bar|accelerator|devices|strategy|"
+                          r"num_sanity_val_steps|log_every_n_steps)|stages\.\d+\.max_epochs|run\..*|"
+                          r"callbacks\.rich_progress_bar)$")
+
+
+def check_continuation(run: Run, training: Mapping[str, Any], pipeline: Mapping[str, Any]) -> None:
+    """Refuse (:class:`ResumeError`) to continue ``run`` with another pipeline than the one in
+    its ``config.yaml`` (naming the first differing keys), or a completed run with nothing
+    left to train."""
+    recorded_path = run.path / "config.yaml"
+    if recorded_path.is_file():
+        try:
+            recorded = yaml.safe_load(recorded_path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ResumeError(f"{recorded_path}: cannot be read ({str(exc).splitlines()[0]}); the run's pipeline "
+                              "is unknown, so it cannot be continued; start a new run") from None
+        new = yaml.safe_load(yaml.safe_dump(_plain({"pipeline": pipeline, "training": training})))
+        old, now = _comparable(recorded), _comparable(new)
+        diffs = [f"{k}: {old.get(k, '(absent)')!r} -> {now.get(k, '(absent)')!r}" for k in sorted(old.keys() | now.keys())
+                 if old.get(k, _MISSING) != now.get(k, _MISSING)]
+        if diffs:
+            more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+            raise ResumeError(f"run {run.path}: the pipeline differs from the one the run was trained with: "
+                              f"{'; '.join(diffs[:3])}{more}; resume with the run's own pipeline "
+                              f"({run.path / 'pipeline.yaml'}) or train without --resume for a new run")
+    if run.resuming and run.record.get("status") == "completed":
+        stages = [s.get("name") for s in training.get("stages") or []]
+        if stages:
+            done = all(s in (run.record.get("completed_stages") or []) for s in stages)
+            left, more = f"all stages ({', '.join(map(str, stages))}) are done", ""
+        else:
+            epochs, wanted = int(run.record.get("epochs") or 0), int(training["trainer"]["max_epochs"])
+            done = epochs >= wanted
+            left = f"{epochs} epoch(s) trained of training.trainer.max_epochs={wanted}"
+            more = "raise training.trainer.max_epochs to train on, or "
+        if done:
+            raise ResumeError(f"run {run.path}: already completed, {left}; nothing to resume ({more}train "
+                              "without --resume for a new run)")
+
+
+_MISSING = object()
+
+
+def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat ``{"nodes.rx.params.eps": 1e-6, "training.optimizer.lr": ...}`` of what must match."""
+    pipeline = {k: v for k, v in dict(config.get("pipeline") or {}).items() if k not in ("overrides", "training")}
+    flat = _flatten(pipeline, "") | _flatten({"training": config.get("training") or {}}, "")
+    return {k: v for k, v in flat.items() if not ATTEMPT_KEYS.match(k)}
+
+
+def _flatten(value: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(value, Mapping) and value:
+        return {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}{key}.").items()}
+    if isinstance(value, list) and value:
+        return {k: v for i, item in enumerate(value) for k, v in _flatten(item, f"{prefix}{i}.").items()}
+    return {prefix[:-1]: value}

@@ -37,7 +37,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from .callbacks import AtomicCheckpointIO, SafeCallback, build_callbacks
+from . import checkpoints
+from .callbacks import AtomicCheckpointIO, RecordGuard, SafeCallback, build_callbacks
 from .config import StageConfig, TrainingConfig
 from .distributed import RESUME_CKPT_ENV, RESUMING_ENV, RUN_DIR_ENV, shard_batches
 from .errors import ConfigError, Problem, did_you_mean
@@ -48,6 +49,7 @@ from .monitors.file import FileMonitor
 from .monitors.hub import MonitorHub, MonitorLogger
 from .plan import Plan
 from .results import TrainResult
+from .runs import RunRecordError
 from .stage_state import StageState
 
 if TYPE_CHECKING:
@@ -164,8 +166,9 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
         os.environ[RESUME_CKPT_ENV] = str(run.resume_checkpoint or "")
     device = _init_device(config.trainer.accelerator)
     monitors = list(graph.monitors)
-    if writes:
-        monitors.insert(0, FileMonitor(run.path, name="run_files"))
+    record = RunFiles(run.path) if writes else None
+    if record is not None:
+        monitors.insert(0, record)
     hub = MonitorHub(monitors)
     if writes:
         session.hub = hub
@@ -205,17 +208,19 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
         metrics = {k: v for k, v in (last.get("metrics") or {}).items() if v is not None} or metrics
         best = last.get("best")
     try:
+        check_record = record.check if record is not None else _nothing
         if has_val and restore is None:
             initial = _validate(module, datamodule, kwargs, hub, 0, root)
+            check_record()
             metrics = dict(initial)
             if writes:
-                run.record["initial_metrics"] = initial
+                run.record["initial_metrics"] = {k: v if math.isfinite(v) else None for k, v in initial.items()}
                 run.save()
         ctx = _StageRunner(plan=plan, datamodule=datamodule, config=config, callbacks=callbacks, run=run,
                            writes=writes, state=state, hub=hub, trainability=trainability, loader=loader,
                            trainer_kwargs=kwargs, root=root, device=device, distributed=distributed,
                            has_val=has_val, progress=progress, fits=fits,
-                           disabled_visualizations=module.disabled_visualizations)
+                           disabled_visualizations=module.disabled_visualizations, check_record=check_record)
         for index, stage in enumerate(stages):
             if config.stages and stage.name in state.completed:
                 continue  # (the single default stage always runs: resuming may extend max_epochs)
@@ -291,6 +296,7 @@ class _StageRunner:
     progress: bool
     fits: list[FitReport]
     disabled_visualizations: set[str]
+    check_record: Any
 
     def train_stage(self, index: int, stage: StageConfig) -> _StageOutcome:
         config, run, state = self.config, self.run, self.state
@@ -346,7 +352,7 @@ class _StageRunner:
                               f"(frozen: {sorted(frozen)})")
         cbs = build_callbacks(config, self.hub, ckpt_dir if stage.max_epochs else None, has_val=self.has_val,
                               has_loss=bool(module.loss_bindings), step_offset=step_offset)
-        cbs += [SafeCallback(c, self.hub) for c in self.callbacks or []]
+        cbs += [SafeCallback(c, self.hub) for c in self.callbacks or []] + [RecordGuard(self.check_record)]
         checkpoint = next((c for c in cbs if isinstance(c, ModelCheckpoint)), None)
         trainer = pl.Trainer(**{**self.trainer_kwargs, "max_epochs": stage.max_epochs},
                              logger=MonitorLogger(self.hub, step_offset), callbacks=cbs,
@@ -356,6 +362,7 @@ class _StageRunner:
             if resume_ckpt is not None:  # resuming writes into the run's own checkpoint folder on purpose
                 warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty")
             trainer.fit(module, datamodule=self.datamodule, ckpt_path=resume_ckpt, weights_only=True)
+        self.check_record()
         outcome.trainer, outcome.steps, outcome.epochs = trainer, trainer.global_step, trainer.current_epoch
         if stage.max_epochs > 0:
             outcome.metrics, outcome.trained = _floats(trainer.callback_metrics), True
@@ -373,6 +380,32 @@ class _StageRunner:
             AtomicCheckpointIO().save_checkpoint({"state_dict": module.state_dict(), "global_step": steps,
                                                   "stage": stage.name}, path)
         return os.path.relpath(path, self.run.path)
+
+
+class RunFiles(FileMonitor):
+    """The run's own ``metrics.jsonl`` and figures. Unlike other monitors, losing the metrics
+    record (e.g. a full disk) is fatal: :meth:`check` raises at the next batch."""
+
+    def __init__(self, run_dir: Any) -> None:
+        super().__init__(run_dir, name="run_files")
+        self.lost: OSError | None = None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int, stage: str) -> None:
+        try:
+            super().log_metrics(metrics, step, stage)
+        except OSError as exc:
+            self.lost = self.lost or exc
+            raise
+
+    def check(self) -> None:
+        if self.lost is not None:
+            raise RunRecordError(f"run folder {self.root}: cannot write {self.metrics_path.name} "
+                                 f"({self.lost.strerror or self.lost}); training stopped: free space, then "
+                                 f"resume with --resume {self.root}")
+
+
+def _nothing() -> None:
+    return None
 
 
 def _set_stage_modes(plan: Plan, frozen: frozenset[str]) -> None:
@@ -484,8 +517,9 @@ def _has_batches(datamodule: Any, method: str) -> bool:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """A Lightning checkpoint, loaded with ``weights_only=True`` on the CPU."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A Lightning checkpoint, loaded with ``weights_only=True`` on the CPU (see
+    :mod:`cuvis_graph.checkpoints`)."""
+    return checkpoints.load_checkpoint(path)
 
 
 def _best(checkpoint: ModelCheckpoint | None, run_path: Any) -> dict[str, Any] | None:

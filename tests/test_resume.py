@@ -41,7 +41,8 @@ def test_kill_during_epoch_3_then_resume_is_bit_exact(straight, tmp_path):
     graph0, result0, run0 = straight
     run_dir, marker = tmp_path / "run", tmp_path / "marker"
     kill_when_marked(HERE / "resume_child.py", run_dir, marker)
-    assert read_run_json(run_dir)["status"] == "running"  # killed: nobody wrote an end state
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"  # nobody wrote an end state
+    assert read_run_json(run_dir)["status"] == "killed"  # ... and the reader tells the truth
     killed = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert (killed["epoch"], killed["global_step"]) == (1, 4)  # end of epoch 2 (0-based epoch 1)
 
@@ -56,7 +57,8 @@ def test_kill_during_epoch_3_then_resume_is_bit_exact(straight, tmp_path):
         assert torch.equal(s0[key], s1[key]), (key, (s0[key] - s1[key]).abs().max(), (s0[key] != s1[key]).nonzero())
     record = read_run_json(run_dir)
     assert record["status"] == "completed"
-    assert [a["status"] for a in record["attempts"]] == ["running", "completed"]
+    assert [a["status"] for a in record["attempts"]] == ["killed", "completed"]
+    assert [h["status"] for h in record["history"]][-3:] == ["killed", "running", "completed"]
     assert record["attempts"][1]["resumed_from"].endswith("last.ckpt")
     assert record["initial_metrics"] == read_run_json(run0)["initial_metrics"]
     assert [(s, st, m) for s, st, m in _metric_lines(run_dir)] == _metric_lines(run0)
