@@ -31,7 +31,9 @@ def whitening_from_covariance(cov: torch.Tensor, eps: float, where: str = "RX") 
     Then ``(cov_reg)^{-1} = W^T W``. If the Cholesky factorisation fails, the regulariser
     steps through ``1e-12, 1e-11, ..., 1e-3`` (those above ``eps``; at most 10 tries) and a
     warning names the node, the regulariser used and the degenerate bands (constant, or
-    duplicated: the cause is upstream); never a silent pseudo-inverse cut-off.
+    duplicated: the cause is upstream); never a silent pseudo-inverse cut-off. With
+    ``eps=0`` a singular covariance whose factorisation happens to succeed in rounding is
+    warned about the same way.
 
     Raises:
         ValueError: ``eps`` negative or not finite.
@@ -54,6 +56,9 @@ def whitening_from_covariance(cov: torch.Tensor, eps: float, where: str = "RX") 
             if current != eps:
                 log.warning("%s: covariance not positive definite%s; used relative regulariser %.1e instead of %.1e",
                             where, degenerate_bands(cov), current, eps)
+            elif eps == 0 and (degenerate := degenerate_bands(cov)):
+                log.warning("%s: covariance is singular%s; with eps=0 scores along those bands are unbounded "
+                            "(set eps > 0)", where, degenerate)
             return torch.linalg.solve_triangular(factor, identity, upper=False)
     raise StatisticsError(f"{where}: covariance of C={c} channels is not positive definite even with regulariser "
                           f"{ladder[-1]:.0e}{degenerate_bands(cov) or '; the data may have constant or duplicated channels'}")
