@@ -2,9 +2,14 @@
 
 Batch layout::
 
-    cube         [B, H, W, C] float32
+    cube         [B, H, W, C] float32 (finite)
     mask         [B, H, W]    int64   (optional; 0 = background, >0 = anomaly/class id)
-    wavelengths  [C]          float32 (optional, nm)
+    wavelengths  [C]          float32 (optional, nm; finite, strictly increasing)
+
+Masks are label maps, not probabilities: any non-negative integer is accepted (``255``
+marks an anomaly as well as ``1``; label mappers read class ids), while negative,
+fractional or non-finite mask values are refused naming the file or sample, as are
+non-finite cube values (:mod:`cuvis_graph.data.checks`).
 
 A datamodule *declares* its channel count, batch keys and wavelengths
 (:meth:`GraphDataModule.data_spec`) so the compiler can check a graph before any data

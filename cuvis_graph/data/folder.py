@@ -173,6 +173,13 @@ class FolderDataModule(GraphDataModule):
     new files are left out with a warning), else the split is written there. Nothing is
     ever written into the data folder unless ``splits_path`` points there.
 
+    **Values.** Data that cannot be right is refused naming the file: non-finite cube values
+    (with their count; for ENVI, a hint when the other byte order reads finite), masks with
+    values other than non-negative integers (0 = background, > 0 = anomaly or class id, so
+    a 0/255 mask works), non-finite, duplicated or decreasing wavelengths, ENVI headers
+    whose shape does not match the data file size, truncated files. Integer cubes beyond
+    2^24 (float32's exact range) are warned about. See :mod:`cuvis_graph.data.checks`.
+
     Channels, mask availability and wavelengths are read from the files' headers (the
     first access to :meth:`data_spec` or :meth:`setup`); every file must have the same
     number of channels (after ``drop_bad_bands``).

@@ -241,11 +241,30 @@ def _read_npy(path: Path, mmap: bool) -> HyperspectralCube:
     with open(path, "rb") as fh:
         if fh.read(6) != b"\x93NUMPY":
             raise ReaderError(path, "not a .npy file (it does not start with the NumPy magic string)")
+        _check_npy_size(path, fh)
     try:
         data = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - numpy raises ValueError/OSError/EOFError/... for bad files
         raise ReaderError(path, f"not a readable .npy array ({type(exc).__name__}: {exc})") from None
     return HyperspectralCube(data=data)
+
+
+def _check_npy_size(path: Path, fh: Any) -> None:
+    """Refuse a ``.npy`` shorter than its header's ``shape x itemsize`` (a truncated file)."""
+    try:
+        fh.seek(0)
+        fmt = np.lib.format
+        read_header = fmt.read_array_header_1_0 if fmt.read_magic(fh) == (1, 0) else fmt.read_array_header_2_0
+        shape, _, dtype = read_header(fh)
+    except Exception:  # noqa: BLE001 - np.load reports unreadable headers below
+        return
+    if dtype.hasobject:
+        return
+    expected = fh.tell() + int(np.prod(shape)) * dtype.itemsize
+    actual = path.stat().st_size
+    if actual < expected:
+        raise ReaderError(path, f"truncated: its header describes {shape} {dtype.name} = {expected} bytes, but the "
+                          f"file has {actual} bytes; copy or write it again")
 
 
 def _read_npz(path: Path, key: str | None, mask_key: str | None) -> HyperspectralCube:
@@ -288,7 +307,8 @@ def _read_mat(path: Path, key: str | None, mask_key: str | None, mmap: bool) -> 
     try:
         content = scipy.io.loadmat(str(path), variable_names=names)
     except Exception as exc:  # noqa: BLE001
-        raise ReaderError(path, f"cannot read variables {names} ({type(exc).__name__}: {exc})") from None
+        raise ReaderError(path, f"cannot read variables {names}, the file may be truncated or corrupt "
+                          f"({type(exc).__name__}: {exc})") from None
     return HyperspectralCube(
         data=content[key],
         mask=None if mask_key is None else np.asarray(content[mask_key]),

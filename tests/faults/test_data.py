@@ -201,7 +201,7 @@ def test_truncated_training_file_names_the_file(tmp_path: Path, scenes: Path, ca
         scipy.io.savemat(path, {"data": scene(h=16, w=16), "map": anomalies(16, 16)})
     data = path.read_bytes()
     path.write_bytes(data[: len(data) * 2 // 3])
-    train(tmp_path, capsys).fails_naming(f"cut{suffix}")
+    train(tmp_path, capsys).fails_naming(f"cut{suffix}", "truncated")
 
 
 def test_truncated_mat_scene_datamodule_names_the_file(tmp_path: Path, capsys) -> None:
