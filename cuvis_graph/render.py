@@ -1,8 +1,11 @@
-"""Pictures of a compiled graph: a text table, Mermaid flowchart text, a PNG (matplotlib).
+"""Pictures: of a compiled graph (text table, Mermaid text, PNG) and of a scene (false colour).
 
-Every picture shows each node's type and the shapes of its output ports, with symbols
+Every graph picture shows each node's type and the shapes of its output ports, with symbols
 (``B, H, W``) where a size is only known at run time and numbers where the datamodule's
 declared spec fixes them (``C = 40``, PCA ``K = 3``).
+
+The false-colour composite of a cube (:func:`rgb_band_indices`, :func:`false_colour`) is
+the one the visualization leaves and ``predict``'s ``overlay.png`` share.
 """
 
 from __future__ import annotations
@@ -11,13 +14,16 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from .leaves import LossNode, MetricNode, VisualizationNode
 
 if TYPE_CHECKING:
     from .graph import Graph
     from .plan import DataSpec, Plan
 
-__all__ = ["Box", "Layout", "layout_graph", "to_text", "to_mermaid", "to_png"]
+__all__ = ["Box", "Layout", "layout_graph", "to_text", "to_mermaid", "to_png", "RGB_TARGET_NM",
+           "DEFAULT_RANGE_NM", "rgb_band_indices", "false_colour"]
 
 _BATCH = "batch"
 
@@ -255,3 +261,64 @@ def to_png(graph: Graph, plan: Plan, path: str | os.PathLike, data: DataSpec | N
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+# -- false colour -------------------------------------------------------------------------------
+#: Band centres (nm) of the false-colour composite: red, green, blue.
+RGB_TARGET_NM = (640.0, 550.0, 460.0)
+#: Spectral range (nm) assumed for a cube without wavelengths: AVIRIS (224 bands, ~9.6 nm apart).
+DEFAULT_RANGE_NM = (365.0, 2500.0)
+
+
+def rgb_band_indices(n_bands: int, wavelengths: Any = None, rgb_bands: Any = None) -> tuple[int, int, int]:
+    """Indices ``(r, g, b)`` of the bands of a false-colour composite.
+
+    1. ``rgb_bands`` when given (negative indices count from the end);
+    2. wavelengths known and spanning 460–640 nm: the bands nearest 640/550/460 nm;
+    3. wavelengths known but not spanning them (e.g. a NIR camera): last/middle/first band;
+    4. no wavelengths: the bands at the relative positions 640/550/460 nm take in
+       :data:`DEFAULT_RANGE_NM`, the range of AVIRIS, the sensor of most public airborne
+       scenes (ABU, Indian Pines, Salinas). Their published cubes drop water-absorption
+       and noisy bands mostly beyond 1300 nm, so the visible bands keep their place at the
+       start: 204 bands give ``(26, 18, 9)``, about 620/540/450 nm, a natural-looking
+       image, where last/middle/first (SWIR/NIR/violet) shows vegetation green and
+       soil magenta.
+    """
+    if rgb_bands is not None:
+        idx = tuple(int(i) for i in rgb_bands)
+        if len(idx) != 3:
+            raise ValueError(f"rgb_bands must name 3 band indices (r, g, b), got {list(rgb_bands)}")
+        for i in idx:
+            if not -n_bands <= i < n_bands:
+                raise ValueError(f"rgb_bands index {i} is out of range for {n_bands} bands")
+        return tuple(i % n_bands for i in idx)  # type: ignore[return-value]
+    if wavelengths is not None and len(wavelengths) == n_bands:
+        wl = np.asarray(wavelengths, dtype=np.float64)
+        if wl.min() <= RGB_TARGET_NM[2] and wl.max() >= RGB_TARGET_NM[0]:
+            return tuple(int(np.argmin(np.abs(wl - nm))) for nm in RGB_TARGET_NM)  # type: ignore[return-value]
+        return n_bands - 1, n_bands // 2, 0
+    lo, hi = DEFAULT_RANGE_NM
+    return tuple(int(round((nm - lo) / (hi - lo) * (n_bands - 1))) for nm in RGB_TARGET_NM)  # type: ignore[return-value]
+
+
+def false_colour(cube: Any, wavelengths: Any = None, bands: Any = None, low: float = 2.0,
+                 high: float = 98.0) -> np.ndarray:
+    """``[H, W, 3]`` float in ``[0, 1]`` from a cube ``[H, W, C]``.
+
+    Bands from :func:`rgb_band_indices` (``bands`` as its ``rgb_bands``); each channel is
+    stretched between its ``low`` and ``high`` percentiles of the finite values (robust
+    to a few bright anomalies); NaN/Inf pixels are black.
+    """
+    cube = np.asarray(cube)
+    picks = rgb_band_indices(cube.shape[-1], wavelengths, bands)
+    rgb = cube[..., list(picks)].astype(np.float64)
+    out = np.zeros_like(rgb)
+    for i in range(3):
+        channel = rgb[..., i]
+        finite = np.isfinite(channel)
+        if not finite.any():
+            continue
+        lo, hi = np.percentile(channel[finite], [low, high])
+        if hi > lo:
+            out[..., i] = np.where(finite, np.clip((channel - lo) / (hi - lo), 0.0, 1.0), 0.0)
+    return out
