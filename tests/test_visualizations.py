@@ -23,7 +23,7 @@ from cuvis_graph.nodes import (
     SelectorStabilityPlot,
     SelectorTemperaturePlot,
 )
-from cuvis_graph.nodes.visualizations._common import default_threshold, rgb_band_indices
+from cuvis_graph.nodes.visualizations._common import default_threshold
 from cuvis_graph.nodes.visualizations._selector import jaccard
 from cuvis_graph.nodes.visualizations.pca import subsample_pixels
 from torch import nn
@@ -34,6 +34,7 @@ from cuvis_graph.leaves import VisualizationNode
 from cuvis_graph.monitors import FileMonitor
 from cuvis_graph.node import Node, PortSpec
 from cuvis_graph.registry import registered
+from cuvis_graph.render import rgb_band_indices
 
 N_BANDS = 12
 T_INIT, T_DECAY, T_MIN = 2.0, 0.5, 0.3
@@ -245,7 +246,12 @@ def test_selector_plots_need_a_selector_parent() -> None:
 def test_rgb_bands_nearest_640_550_460_nm_or_fallbacks() -> None:
     wl = np.linspace(400, 1000, 31)  # 20 nm steps
     assert rgb_band_indices(31, wl) == (12, 7, 3)  # 640, 540 (550 ties 540/560: first wins), 460
-    assert rgb_band_indices(31, None) == (30, 15, 0)
+    assert rgb_band_indices(31, np.linspace(700, 1000, 31)) == (30, 15, 0)  # no visible band: spread
+    # no wavelengths: 640/550/460 nm on a 365-2500 nm (AVIRIS) grid of 224 bands, ~9.5 nm apart
+    aviris = np.linspace(365, 2500, 224)
+    step = aviris[1] - aviris[0]
+    for i, nm in zip(rgb_band_indices(224, None), (640, 550, 460), strict=True):
+        assert abs(aviris[i] - nm) <= step / 2
     assert rgb_band_indices(31, wl, rgb_bands=(5, -1, 0)) == (5, 30, 0)
     with pytest.raises(ValueError, match="out of range"):
         rgb_band_indices(4, None, rgb_bands=(0, 1, 4))

@@ -1,4 +1,6 @@
-"""Helpers shared by the visualization leaves (Agg figures, score maps, labels, false colour).
+"""Helpers shared by the visualization leaves (Agg figures, score maps, labels, thresholds).
+
+The false-colour composite lives in :mod:`cuvis_graph.render` (shared with ``predict``).
 
 Figures are created as :class:`matplotlib.figure.Figure` objects with an Agg canvas
 attached, never through ``pyplot``: no global figure registry, no interactive backend, no
@@ -8,7 +10,7 @@ compiled module closes them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -24,16 +26,9 @@ __all__ = [
     "score_maps",
     "labels_from_batch",
     "wavelengths_from_batch",
-    "rgb_band_indices",
-    "false_colour_rgb",
     "default_threshold",
     "as_index_set",
-    "RGB_TARGET_NM",
 ]
-
-#: Band centres (nm) of the false-colour composite: red, green, blue.
-RGB_TARGET_NM = (640.0, 550.0, 460.0)
-
 
 def new_figure(figsize: tuple[float, float]) -> Figure:
     """An Agg-backed figure with constrained layout (content fills the canvas)."""
@@ -94,38 +89,6 @@ def wavelengths_from_batch(batch: Mapping[str, Any], n_channels: int | None = No
     if wl.ndim != 1 or (n_channels is not None and wl.shape[0] != n_channels):
         return None
     return wl
-
-
-def rgb_band_indices(n_bands: int, wavelengths: np.ndarray | None = None,
-                     rgb_bands: Sequence[int] | None = None) -> tuple[int, int, int]:
-    """Indices ``(r, g, b)`` of the bands of a false-colour composite.
-
-    Priority: explicit ``rgb_bands``; else the bands nearest 640/550/460 nm when
-    wavelengths are known; else last/middle/first band (bands ascend in wavelength, so
-    the longest plays red).
-    """
-    if rgb_bands is not None:
-        idx = tuple(int(i) for i in rgb_bands)
-        if len(idx) != 3:
-            raise ValueError(f"rgb_bands must name 3 band indices (r, g, b), got {list(rgb_bands)}")
-        for i in idx:
-            if not -n_bands <= i < n_bands:
-                raise ValueError(f"rgb_bands index {i} is out of range for {n_bands} bands")
-        return tuple(i % n_bands for i in idx)  # type: ignore[return-value]
-    if wavelengths is not None and len(wavelengths) == n_bands:
-        return tuple(int(np.argmin(np.abs(wavelengths - nm))) for nm in RGB_TARGET_NM)  # type: ignore[return-value]
-    return n_bands - 1, n_bands // 2, 0
-
-
-def false_colour_rgb(cube: np.ndarray, bands: tuple[int, int, int], low: float = 2.0,
-                     high: float = 98.0) -> np.ndarray:
-    """``[H, W, 3]`` in [0, 1] from a cube ``[H, W, C]``: each band stretched between its
-    ``low`` and ``high`` percentiles (robust to a few bright anomalies)."""
-    rgb = cube[..., list(bands)].astype(np.float64)
-    lo = np.nanpercentile(rgb, low, axis=(0, 1))
-    hi = np.nanpercentile(rgb, high, axis=(0, 1))
-    span = np.where(hi - lo > 0, hi - lo, 1.0)
-    return np.clip((rgb - lo) / span, 0.0, 1.0)
 
 
 def default_threshold(scores: np.ndarray) -> float:

@@ -11,13 +11,12 @@ from matplotlib.lines import Line2D
 
 from cuvis_graph.leaves import VisualizationNode
 from cuvis_graph.registry import register
+from cuvis_graph.render import false_colour, rgb_band_indices
 
 from ._common import (
     default_threshold,
-    false_colour_rgb,
     labels_from_batch,
     new_figure,
-    rgb_band_indices,
     score_maps,
     to_numpy,
     wavelengths_from_batch,
@@ -43,8 +42,9 @@ class AnomalyHeatmap(VisualizationNode):
     2. **overlay**: ``s`` blended over a false-colour RGB of ``batch["cube"]`` with opacity
        growing from 0 at the median score to 0.75 at the maximum, so background stays
        visible. The RGB bands are ``rgb_bands`` (indices ``(r, g, b)``) when given, else
-       the bands nearest 640/550/460 nm from ``batch["wavelengths"]``, else the
-       last/middle/first band; each band is stretched between its 2nd and 98th percentile;
+       the bands nearest 640/550/460 nm from ``batch["wavelengths"]``, else an AVIRIS-like
+       default (:func:`cuvis_graph.render.rgb_band_indices`); each band is stretched
+       between its 2nd and 98th percentile;
     3. **detections**: the mask ``s > t`` with ``t = threshold`` or, by default, the
        image's ``mean(s) + 3 std(s)`` (3-sigma rule), with the flagged fraction and, when
        labels exist, the IoU with them.
@@ -109,9 +109,9 @@ class AnomalyHeatmap(VisualizationNode):
         ax_scores.set_title(f"scores (image {index})")
 
         if cube is not None:
-            bands = rgb_band_indices(cube.shape[-1], wavelengths_from_batch(batch, cube.shape[-1]), self.rgb_bands)
-            rgb = false_colour_rgb(cube, bands)
             wl = wavelengths_from_batch(batch, cube.shape[-1])
+            bands = rgb_band_indices(cube.shape[-1], wl, self.rgb_bands)
+            rgb = false_colour(cube, bands=bands)
             band_text = (", ".join(f"{wl[b]:.0f}" for b in bands) + " nm") if wl is not None else \
                 "bands " + ", ".join(str(b) for b in bands)
         else:
