@@ -5,7 +5,8 @@ or folders) with :func:`cuvis_graph.data.read_cube`, runs the graph on it and wr
 
     <out>/<stem>/scores.npy    [H, W] float32  the score map (see :func:`score_outputs`)
     <out>/<stem>/mask.npy      [H, W] uint8    the decided anomaly mask (0/1)
-    <out>/<stem>/overlay.png   false-colour RGB with the mask in red | the score map
+    <out>/<stem>/overlay.png   1200 px wide figure: scores with a colour bar | detections in
+                               red on the false colour | the mask; title: file, rule, count
     <out>/summary.csv          one row per input: shape, score statistics, anomaly pixels,
                                status ok|error and the error message
 
@@ -48,6 +49,8 @@ import torch
 from .errors import CuvisGraphError, did_you_mean
 from .output_paths import refuse_inside_model, refuse_link, replace_dir, temporary_sibling
 from .plan import DataSpec
+from .render import DetectionFigure, rgb_band_indices
+from .render import false_colour as false_color  # the name predict has always exported
 from .runs import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:
@@ -61,14 +64,11 @@ __all__ = [
     "expand_inputs",
     "run_graph",
     "false_color",
-    "overlay_image",
     "predict_files",
 ]
 
 #: Default per-image quantile threshold when the graph has no decider and none is given.
 DEFAULT_QUANTILE = 0.99
-#: Band centres (nm) used for the false-colour composite when wavelengths are known.
-RGB_NM = (640.0, 550.0, 460.0)
 SUMMARY_COLUMNS = ("file", "output", "status", "error", "shape", "score_min", "score_mean", "score_max",
                    "score_std", "threshold", "anomaly_pixels")
 #: Band centres of an input and of the model that differ by more than this (nm) are refused.
@@ -240,53 +240,22 @@ def _finite_stats(scores: np.ndarray) -> tuple[float, float, float, float]:
 
 
 # -- images -------------------------------------------------------------------------------------
-def _rgb_bands(n_channels: int, wavelengths: Sequence[float] | np.ndarray | None) -> list[int]:
-    """Band indices for R, G, B: nearest to 640/550/460 nm when the wavelengths cover them,
-    else evenly spaced (last, middle, first band)."""
-    if wavelengths is not None and len(wavelengths) == n_channels and n_channels >= 3:
-        wl = np.asarray(wavelengths, dtype=np.float64)
-        if wl.min() <= RGB_NM[0] and wl.max() >= RGB_NM[2]:
-            return [int(np.argmin(np.abs(wl - nm))) for nm in RGB_NM]
-    return [int(round(i)) for i in np.linspace(n_channels - 1, 0, 3)]
-
-
-def false_color(cube: np.ndarray, wavelengths: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
-    """``[H, W, 3]`` float in ``[0, 1]``: three bands (see :func:`_rgb_bands`), each stretched
-    between its 2nd and 98th percentile."""
-    bands = _rgb_bands(cube.shape[-1], wavelengths)
-    rgb = np.asarray(cube[..., bands], dtype=np.float64)
-    rgb = np.nan_to_num(rgb, nan=0.0, posinf=0.0, neginf=0.0)
-    for i in range(3):
-        lo, hi = np.percentile(rgb[..., i], [2, 98])
-        rgb[..., i] = np.clip((rgb[..., i] - lo) / (hi - lo), 0, 1) if hi > lo else 0.0
-    return rgb
-
-
-def overlay_image(rgb: np.ndarray, mask: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """``[H, 2W + 4, 3]`` uint8: the RGB with mask pixels blended 60 % red, a white gap, and
-    the score map (1st–99th percentile, ``inferno`` colour map)."""
-    import matplotlib
-
-    left = rgb.copy()
-    m = mask.astype(bool)
-    left[m] = 0.4 * left[m] + 0.6 * np.array([1.0, 0.0, 0.0])
-    s = np.nan_to_num(scores.astype(np.float64), nan=0.0)
-    lo, hi = np.percentile(s, [1, 99])
-    s = np.clip((s - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(s)
-    right = matplotlib.colormaps["inferno"](s)[..., :3]
-    gap = np.ones((rgb.shape[0], 4, 3))
-    return (np.concatenate([left, gap, right], axis=1) * 255).round().astype(np.uint8)
+def _draw_overlay(figure: DetectionFigure, path: Path, data: np.ndarray, wavelengths: Any, scores: np.ndarray,
+                  mask: np.ndarray, rule: str) -> None:
+    """Draw ``overlay.png``'s figure of one file (false colour: :func:`~cuvis_graph.render.false_colour`)."""
+    bands = rgb_band_indices(data.shape[-1], wavelengths)
+    if wavelengths is not None and len(wavelengths) == data.shape[-1]:
+        rgb_label = ", ".join(f"{float(wavelengths[b]):.0f}" for b in bands) + " nm"
+    else:
+        rgb_label = "bands " + ", ".join(str(b) for b in bands)
+    count = int(mask.sum())
+    title = f"{path.name}: {rule}; {count} of {mask.size} pixels detected ({100 * count / mask.size:.2f} %)"
+    figure.draw(scores, false_color(data, bands=bands), mask, title, rgb_label)
 
 
 # -- atomic files -------------------------------------------------------------------------------
 def _save_npy(path: Path, array: np.ndarray) -> Path:
     return atomic_write(path, lambda fh: np.save(fh, array, allow_pickle=False))
-
-
-def _save_png(path: Path, image: np.ndarray) -> Path:
-    import matplotlib.image
-
-    return atomic_write(path, lambda fh: matplotlib.image.imsave(fh, image, format="png"))
 
 
 def _write_summary(path: Path, results: Sequence[FileResult]) -> Path:
@@ -424,6 +393,7 @@ def _predict_each(graph: Graph, files: Sequence[tuple[Path, str | None]], names:
     from .saving import check_channels
 
     score_node, score_port = score
+    figure = DetectionFigure() if overlay else None  # one figure redrawn for every file
     bar = tqdm(files, desc="predict", unit="file", disable=not progress, file=sys.stderr)
     for (path, problem), name in zip(bar, names, strict=True):
         result = FileResult(path=path)
@@ -445,17 +415,20 @@ def _predict_each(graph: Graph, files: Sequence[tuple[Path, str | None]], names:
             scores = scores.reshape(scores.shape[:2]).astype(np.float32)
             if decider is not None:
                 mask = outputs[decider[0]][decider[1]][0].detach().cpu().numpy().reshape(scores.shape) > 0.5
+                rule = f"mask of decider '{decider[0]}'"
             else:
                 thr = float(threshold) if threshold is not None else float(np.quantile(scores, quantile))
                 result.threshold = thr
                 mask = scores > thr
+                rule = f"score > {thr:.4g}" + (" (given)" if threshold is not None else f" (q{quantile:g} of image)")
             mask = mask.astype(np.uint8)
             target = staging / name
             _save_npy(target / "scores.npy", scores)
             _save_npy(target / "mask.npy", mask)
-            if overlay:
+            if figure is not None:
                 wl = cube.wavelengths if cube.wavelengths is not None else model_wl
-                _save_png(target / "overlay.png", overlay_image(false_color(data, wl), mask, scores))
+                _draw_overlay(figure, path, data, wl, scores, mask, rule)
+                atomic_write(target / "overlay.png", figure.save)
             result.output_dir = out / name
             result.score_min, result.score_mean, result.score_max, result.score_std = _finite_stats(scores)
             result.anomaly_pixels = int(mask.sum())

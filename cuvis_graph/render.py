@@ -5,7 +5,8 @@ Every graph picture shows each node's type and the shapes of its output ports, w
 declared spec fixes them (``C = 40``, PCA ``K = 3``).
 
 The false-colour composite of a cube (:func:`rgb_band_indices`, :func:`false_colour`) is
-the one the visualization leaves and ``predict``'s ``overlay.png`` share.
+the one the visualization leaves and ``predict``'s ``overlay.png`` share;
+:class:`DetectionFigure` draws ``overlay.png``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from .plan import DataSpec, Plan
 
 __all__ = ["Box", "Layout", "layout_graph", "to_text", "to_mermaid", "to_png", "RGB_TARGET_NM",
-           "DEFAULT_RANGE_NM", "rgb_band_indices", "false_colour"]
+           "DEFAULT_RANGE_NM", "rgb_band_indices", "false_colour", "DetectionFigure"]
 
 _BATCH = "batch"
 
@@ -322,3 +323,67 @@ def false_colour(cube: Any, wavelengths: Any = None, bands: Any = None, low: flo
         if hi > lo:
             out[..., i] = np.where(finite, np.clip((channel - lo) / (hi - lo), 0.0, 1.0), 0.0)
     return out
+
+
+# -- detections of one scene ----------------------------------------------------------------------
+#: Colour of detected pixels on the false-colour panel.
+DETECTION_RGB = (1.0, 0.0, 0.0)
+
+
+class DetectionFigure:
+    """Three panels of one scene: scores with a colour bar | detections in red on the false
+    colour | the detection mask, under a title (file, rule, detected pixels).
+
+    One Agg figure serves every :meth:`draw` (cleared and resized), never ``pyplot``: many
+    files neither accumulate figures nor touch global state. ``panel_width`` inches at
+    ``dpi`` give ``3 * panel_width * dpi`` pixels of width (1200 by default).
+    """
+
+    def __init__(self, panel_width: float = 4.0, dpi: int = 100) -> None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        self.panel_width, self.dpi = float(panel_width), int(dpi)
+        self.figure = Figure(layout="constrained")
+        FigureCanvasAgg(self.figure)
+
+    def draw(self, scores: np.ndarray, rgb: np.ndarray, mask: np.ndarray, title: str, rgb_label: str = "") -> Any:
+        """Draw ``scores [H, W]``, ``rgb [H, W, 3]`` in [0, 1] and ``mask [H, W]``; the figure.
+
+        The score colours span the 1st to 99.5th percentile of the finite scores (a heavy
+        tail would leave the rest dark); the colour bar's arrows mark scores beyond.
+        """
+        from matplotlib.patches import Patch
+
+        fig = self.figure
+        fig.clear()
+        h, w = scores.shape
+        panel_h = float(np.clip(self.panel_width * h / w, 1.5, 3 * self.panel_width))
+        fig.set_size_inches(3 * self.panel_width, panel_h + 1.2)
+        ax_scores, ax_overlay, ax_mask = fig.subplots(1, 3)
+        finite = scores[np.isfinite(scores)]
+        lo, hi = (float(v) for v in np.percentile(finite, [1.0, 99.5])) if finite.size else (0.0, 1.0)
+        hi = hi if hi > lo else lo + 1.0
+        below, above = bool(finite.size and finite.min() < lo), bool(finite.size and finite.max() > hi)
+        extend = "both" if below and above else "min" if below else "max" if above else "neither"
+        image = ax_scores.imshow(scores, cmap="inferno", vmin=lo, vmax=hi, interpolation="nearest")
+        fig.colorbar(image, ax=ax_scores, shrink=0.85, extend=extend, label="score")
+        ax_scores.set_title("scores")
+        detected = np.asarray(mask, dtype=bool)
+        shown = np.array(rgb, dtype=np.float64, copy=True)
+        shown[detected] = 0.35 * shown[detected] + 0.65 * np.asarray(DETECTION_RGB)
+        ax_overlay.imshow(shown, interpolation="nearest")
+        ax_overlay.set_title("detections on false colour" + (f"\n({rgb_label})" if rgb_label else ""))
+        ax_overlay.legend(handles=[Patch(color=DETECTION_RGB, label=f"detected ({int(detected.sum())} px)")],
+                          loc="upper center", bbox_to_anchor=(0.5, -0.01), fontsize="small", frameon=False)
+        ax_mask.imshow(detected, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax_mask.set_title("detection mask (white = detected)")
+        for ax in (ax_scores, ax_overlay, ax_mask):
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.suptitle(title)
+        return fig
+
+    def save(self, fh: Any) -> None:
+        """Write the last drawing as PNG to a binary file object."""
+        self.figure.savefig(fh, format="png", dpi=self.dpi)
