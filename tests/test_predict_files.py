@@ -110,7 +110,7 @@ def test_cli_predict_folder_with_bad_files(model_dir: Path, scenes: Path, tmp_pa
                          ("score_max", expected.max()), ("score_std", expected.astype(np.float64).std())):
             assert float(row[key]) == pytest.approx(float(ref), rel=1e-6)
         image = matplotlib.image.imread(out / stem / "overlay.png")
-        assert image.shape[:2] == (cube.shape[0], 2 * cube.shape[1] + 4)
+        assert image.shape[1] >= 900  # a readable figure, not a thumbnail (see test_figures_readable.py)
     assert not list(out.rglob(".*tmp*"))  # atomic writes leave nothing behind
 
 
