@@ -568,8 +568,6 @@ class RunSession:
                 self._stack.callback(signal.signal, signal.SIGTERM, signal.SIG_DFL)
         if run.status is None:
             run.set_status("pending")
-        if not run.resuming and run.record["attempts"]:
-            run.trim_metrics(0)  # the attempt starts over: no lines of the earlier one stay
         run.record["attempts"].append({"status": "running", "started_at": _now(), "pid": os.getpid(),
                                        "host": socket.gethostname(), "resumed_from": str(run.resume_checkpoint)
                                        if run.resume_checkpoint else None})

@@ -176,6 +176,8 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
     module = GraphModule(plan, config.optimizer, config.scheduler, hub, max_epochs=config.trainer.max_epochs)
 
     restore = _restore_point(run, state, config)
+    if writes and restore is None and len(run.record["attempts"]) > 1:
+        run.trim_metrics(0)  # an attempt that starts over keeps no line of the earlier one
     if restore is not None:  # fitted statistics come from the checkpoint: fitting below skips fitted nodes
         module.load_state_dict(load_checkpoint(restore)["state_dict"])
     loader = getattr(datamodule, "statistics_dataloader", datamodule.train_dataloader)

@@ -217,6 +217,12 @@ def test_disk_full_while_writing_metrics_fails_the_run_and_says_so(workdir, caps
     assert raw_status(run_dir) == record["status"] == "failed"
     assert "metrics.jsonl" in record["error"]["message"] and ENOSPC in record["error"]["message"]
     assert not (run_dir / "model").exists()
+    monkeypatch.undo()  # space freed: the run continues, its record one attempt's lines, each once
+    assert cli([*TRAIN, "training.trainer.max_epochs=3", "--resume", run_dir], capsys).rc == 0
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    keys = [(d["stage"], d["step"], tuple(sorted(d["metrics"]))) for d in lines]
+    assert len(keys) == len(set(keys)) and read_run_json(run_dir)["status"] == "completed"
+    assert max(d["step"] for d in lines) > 0
 
 
 def test_disk_full_even_for_run_json_leaves_a_record_the_reader_tells_truthfully(workdir, capsys, monkeypatch):
