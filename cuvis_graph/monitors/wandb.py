@@ -86,6 +86,10 @@ class WandBMonitor(MonitoringNode):
             self._logger = WandbLogger(project=self.project, entity=self.entity, tags=self.tags, name=self.run_name,
                                        save_dir=str(save_dir), mode=mode, offline=mode == "offline",
                                        settings={"silent": True, "console": "off"})
+            # Lightning always passes anonymous=None, which wandb >= 0.19 answers with "The anonymous
+            # setting has no effect" on every run; we never ask for anonymous logging, so drop the key.
+            if self._logger._wandb_init.get("anonymous") is None:
+                self._logger._wandb_init.pop("anonymous", None)
         return self._logger
 
     @property
