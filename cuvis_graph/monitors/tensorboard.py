@@ -22,7 +22,10 @@ class TensorBoardMonitor(MonitoringNode):
 
     * metrics -> scalars under their key (``train/loss``, ``val/det/f1``...);
     * matplotlib figures -> images under ``<stage>/<name>``; arrays ``[H,W]``/``[H,W,3]``
-      -> images too;
+      -> images too. They share the scalars' step axis (the global step): a figure arrives
+      with its epoch while validation runs, is rendered at once and written with the step
+      of the metrics logged next (that validation's), or the last step seen when the run
+      closes first;
     * parameter histograms under ``params/<name>`` (see ``callbacks.parameter_histograms``).
 
     Args:
@@ -36,6 +39,8 @@ class TensorBoardMonitor(MonitoringNode):
         self.name = name or "tensorboard"
         self._logger: Any = None
         self._in_run = False
+        self._pending: list[tuple[str, np.ndarray, str, int]] = []  # tag, image, dataformats, epoch
+        self._last_step: int | None = None
 
     def attach_run(self, run_dir: str | os.PathLike) -> None:
         if self.root is None:
@@ -57,26 +62,36 @@ class TensorBoardMonitor(MonitoringNode):
         return Path(self.logger.log_dir)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int, stage: str) -> None:
+        self._write_pending(step)
+        self._last_step = step
         self.logger.log_metrics({k: float(v) for k, v in metrics.items() if k != "epoch"}, step)
 
     def log_artifact(self, artifact: Any, name: str, step: int, stage: str) -> None:
-        tag = f"{stage}/{name}"
         if hasattr(artifact, "savefig"):
-            self.logger.experiment.add_figure(tag, artifact, global_step=step, close=False)
-            return
-        image = torch.as_tensor(np.asarray(artifact))
-        if image.ndim == 2:
-            self.logger.experiment.add_image(tag, image, global_step=step, dataformats="HW")
-        elif image.ndim == 3:
-            self.logger.experiment.add_image(tag, image, global_step=step, dataformats="HWC")
+            from torch.utils.tensorboard._utils import figure_to_image
+
+            image, dataformats = figure_to_image(artifact, close=False), "CHW"  # rendered now, written later
         else:
-            raise TypeError(f"TensorBoardMonitor logs figures and [H,W(,3)] images, got shape {tuple(image.shape)}")
+            image = np.asarray(artifact)
+            if image.ndim not in (2, 3):
+                raise TypeError(f"TensorBoardMonitor logs figures and [H,W(,3)] images, got shape {tuple(image.shape)}")
+            dataformats = "HW" if image.ndim == 2 else "HWC"
+        self._pending.append((f"{stage}/{name}", image, dataformats, step))
+
+    def _write_pending(self, step: int | None) -> None:
+        """Write the figures waiting for a step at ``step`` (``None``: each at its own epoch)."""
+        for tag, image, dataformats, epoch in self._pending:
+            self.logger.experiment.add_image(tag, torch.as_tensor(image), dataformats=dataformats,
+                                             global_step=epoch if step is None else step)
+        self._pending.clear()
 
     def log_histograms(self, tensors: Mapping[str, torch.Tensor], step: int) -> None:
         for key, value in tensors.items():
             self.logger.experiment.add_histogram(f"params/{key}", value.detach().float().cpu(), global_step=step)
 
     def close(self) -> None:
+        if self._pending:
+            self._write_pending(self._last_step)
         if self._logger is not None:
             self._logger.finalize("success")
             self._logger.experiment.close()
