@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -40,9 +39,9 @@ class ScoreHistogram(VisualizationNode):
     histograms and KDEs, each normalised to unit area, so the rare anomalies stay visible.
 
     Readability: the legend sits below the axes, never over the bars. On a linear axis the
-    x-range ends at the ``clip_quantile`` quantile of the scores (or at ``t`` when larger),
-    so a heavy right tail (RX) does not squash the bulk into one bar; the x label says where
-    and how many scores lie beyond. ``log_scale=True`` shows the whole range on a log
+    x-range ends at the ``clip_quantile`` quantile of the scores, so a heavy right tail (RX)
+    does not squash the bulk into one bar; the x label says where, how many scores lie
+    beyond, and whether ``t`` is among them. ``log_scale=True`` shows the whole range on a log
     density axis whose limits come from the bars only: from half the smallest non-zero bar
     to twice the tallest (a KDE tail never stretches it).
 
@@ -127,13 +126,12 @@ class ScoreHistogram(VisualizationNode):
         if self.log_scale or self.clip_quantile is None:
             return end, ""
         cut = float(np.quantile(values, self.clip_quantile))
-        source = f"q{100 * self.clip_quantile:g}"
-        if math.isfinite(threshold) and cut < threshold <= end:
-            cut, source = threshold, "threshold"
         beyond = int((values > cut).sum())
         if beyond == 0 or cut <= values.min():
             return end, ""
-        return cut, f"x clipped at {source} = {cut:.4g}; {beyond} of {values.size} scores beyond (max {end:.4g})"
+        note = f"x clipped at q{100 * self.clip_quantile:g} = {cut:.4g}; {beyond} of {values.size} scores beyond " \
+               f"(max {end:.4g})"
+        return cut, note + (f"; threshold {threshold:.3g} is off the axis" if threshold > cut else "")
 
 
 def _kde(ax: Axes, values: np.ndarray, edges: np.ndarray, colour: str, label: str) -> float:
