@@ -239,8 +239,9 @@ def _parse_overrides(overrides: Sequence[str], source: str) -> list[Any]:
     for line in overrides:
         try:
             parsed += parser.parse_overrides([line])
-        except HydraException as exc:
-            raise SpecError(source, [Problem(f"override '{line}'", str(exc).strip().splitlines()[0])]) from None
+        except (HydraException, ValueError) as exc:
+            raise SpecError(source, [Problem(f"override '{shorten(line)}'",
+                                             shorten(str(exc).strip().splitlines()[0], 200))]) from None
     return parsed
 
 
@@ -257,28 +258,40 @@ def expand_sweeps(overrides: Sequence[str], source: str = "overrides") -> list[l
     from hydra.errors import HydraException
 
     axes: list[list[str]] = []
+    sizes: list[int] = []
+    approx = ""
     for o in _parse_overrides(overrides, source):
         if not o.is_sweep_override():
             axes.append([o.input_line])
+            sizes.append(1)
             continue
         key = o.get_key_element()
         try:
             values = list(itertools.islice(o.sweep_string_iterator(), MAX_SWEEP_JOBS + 1))
-        except HydraException as exc:
+        except (HydraException, ValueError) as exc:
             raise SpecError(source, [Problem(f"override '{shorten(o.input_line)}'",
                                              f"cannot sweep it: {str(exc).strip().splitlines()[0]}")]) from None
         if not values:
             raise SpecError(source, [Problem(f"override '{shorten(o.input_line)}'", "sweeps no value at all")])
         axes.append([f"{key}={v}" for v in values])
-    counts = [len(a) for a in axes]
-    total = math.prod(counts)
+        exact = _sweep_size(o.value())
+        sizes.append(exact or len(values))
+        approx = approx or ("at least " if exact is None and len(values) > MAX_SWEEP_JOBS else "")
+    total = math.prod(sizes)
     if total > MAX_SWEEP_JOBS:
-        cut = max(counts) > MAX_SWEEP_JOBS  # an axis counted only up to the bound
-        sizes = " x ".join(f"{'>' * (n > MAX_SWEEP_JOBS)}{min(n, MAX_SWEEP_JOBS)}" for n in counts if n > 1)
-        raise SpecError(source, [Problem("-m/--multirun", f"the overrides sweep {'more than ' * cut}{total - cut} "
-                                                          f"combinations ({sizes} values); at most {MAX_SWEEP_JOBS} "
-                                                          "runs per command: sweep fewer values or split the sweep")])
+        shape = " x ".join(str(n) for n in sizes if n > 1)
+        raise SpecError(source, [Problem("-m/--multirun", f"the overrides sweep {approx}{total} combinations "
+                                                          f"({shape} values); at most {MAX_SWEEP_JOBS} runs per "
+                                                          "command: sweep fewer values or split the sweep")])
     return [list(combo) for combo in itertools.product(*axes)] if axes else [[]]
+
+
+def _sweep_size(sweep: Any) -> int | None:
+    """The number of values of an integer range sweep (``None`` for other sweeps: counted)."""
+    bounds = [getattr(sweep, k, None) for k in ("start", "stop", "step")]
+    if all(isinstance(b, int) for b in bounds) and bounds[2]:
+        return len(range(*bounds))
+    return None
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -753,7 +766,8 @@ def _pydantic_problems(exc: ValidationError) -> list[Problem]:
 
 
 def _check_names(config: Mapping[str, Any], source: str) -> None:
-    """Names that become paths (:mod:`cuvis_graph.names`), checked before anything echoes them."""
+    """Names that become paths (:mod:`cuvis_graph.names`) and integers beyond 64 bits, checked
+    before anything echoes or uses them."""
     problems = []
     if "name" in config:
         problem = name_problem(config["name"])
@@ -765,8 +779,27 @@ def _check_names(config: Mapping[str, Any], source: str) -> None:
             problem = name_problem(key)
             if problem:
                 problems.append(Problem(f"{section}.{shorten(key)}", problem))
+    problems += [Problem(where, f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits is "
+                                f"beyond the 64-bit range (|x| < {_INT64:.3g}): no count, size or seed is that large "
+                                "(write a real number as a float, e.g. 1.0e+26)")
+                 for where, value in _huge_integers(config, [])]
     if problems:
         raise SpecError(source, problems)
+
+
+_INT64 = 2**63
+
+
+def _huge_integers(value: Any, path: list[str]) -> Iterable[tuple[str, int]]:
+    """``(yaml path, value)`` of every integer that no 64-bit field can hold."""
+    if isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64:
+        yield ".".join(path) or "<file>", value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _huge_integers(v, path + [shorten(k)])
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _huge_integers(v, path[:-1] + [f"{path[-1]}[{i}]"] if path else [f"[{i}]"])
 
 
 def parse_spec(config: Mapping[str, Any], source: str = "<pipeline>") -> PipelineSpec:

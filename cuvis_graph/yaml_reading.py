@@ -103,6 +103,8 @@ def read_yaml_text(text: str, source: str) -> Any:
         code = exc.character if isinstance(exc.character, int) else ord(exc.character)
         raise YAMLReadError(source, f"line {line}", f"character #x{code:04x} is not allowed in YAML text; "
                                                     "is this a binary file?") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise YAMLReadError(source, "<file>", f"a value cannot be read: {shorten(exc, 120)}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
