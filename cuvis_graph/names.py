@@ -13,7 +13,7 @@ import re
 
 from .errors import ConfigError
 
-__all__ = ["MAX_NAME_LENGTH", "InvalidNameError", "name_problem", "check_name", "shorten"]
+__all__ = ["MAX_NAME_LENGTH", "InvalidNameError", "name_problem", "check_name", "name_from", "shorten"]
 
 #: Longest name (characters).
 MAX_NAME_LENGTH = 100
@@ -57,3 +57,9 @@ def check_name(name: object, where: str) -> str:
     if problem is not None:
         raise InvalidNameError(f"{where}: {problem}")
     return name  # type: ignore[return-value]
+
+
+def name_from(text: str, default: str = "pipeline") -> str:
+    """A safe name derived from ``text`` (e.g. a file's stem): other characters become ``_``."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", text).lstrip(".")[:MAX_NAME_LENGTH]
+    return name or default

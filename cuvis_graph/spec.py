@@ -52,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from .config import TrainingConfig
 from .errors import CompileError, ConfigError, CuvisGraphError, Problem, did_you_mean
-from .names import name_problem, shorten
+from .names import name_from, name_problem, shorten
 from .registry import (
     UnknownTypeError,
     UnsafeTargetError,
@@ -909,7 +909,7 @@ def load_pipeline(source: str | os.PathLike | Mapping[str, Any], overrides: Sequ
     """Compose (Hydra), validate and build a pipeline; one :class:`SpecError` lists all problems."""
     config, label = load_config(source, overrides, allow_modules)
     if not config.get("name") and label not in ("<pipeline>", "<yaml text>"):
-        config["name"] = Path(label).stem
+        config["name"] = name_from(Path(label).stem)  # a name the user did not write is made safe
     return build_pipeline(config, label, allow_modules, build_data=build_data, check=check)
 
 

@@ -199,3 +199,13 @@ def test_node_and_leaf_names_are_checked() -> None:
     with pytest.raises(InvalidNameError, match=r"register_monitor: FileMonitor\.name: 'a\\b' contains"):
         graph.register_monitor(FileMonitor("files", name="a\\b"))
     assert list(graph.nodes) == ["rx"] and not graph.leaves and not graph.monitors
+
+
+def test_name_from_an_unsafe_file_stem_stays_inside_the_runs_dir(tmp_path: Path, workdir: Path, capsys) -> None:
+    """Without ``name:``, the file's stem names the run; characters a folder name must not have become '_'."""
+    path = _write(tmp_path / "my pipeline (v2).yaml", BASE.replace("name: base\n", ""))
+    snapshot = TreeSnapshot(tmp_path)
+    outcome = cli(["train", path, "--runs-dir", tmp_path / "runs", *QUIET], capsys)
+    assert outcome.rc == 0, outcome.err[-2000:]
+    snapshot.assert_unchanged(allowed=("runs",))
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["my_pipeline__v2_"]
