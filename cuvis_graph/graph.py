@@ -79,7 +79,7 @@ class Graph:
     """
 
     def __init__(self, name: str = "graph") -> None:
-        self.name = check_name(name, "Graph(name=...)")
+        self._name = check_name(name, "Graph(name=...)")
         self._nodes: dict[str, Node] = {}
         self._leaves: dict[str, LeafNode] = {}
         self._wiring: dict[str, dict[str, list[ParentRef]]] = {}
@@ -90,12 +90,21 @@ class Graph:
         #: what the graph was last trained on (channel count, wavelengths); saved in ``meta.json``
         self.data_spec: DataSpec | None = None
 
+    @property
+    def name(self) -> str:
+        """The pipeline's name: a folder of its run directories (``runs/<name>/...``)."""
+        return self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = check_name(value, "Graph.name")
+
     # -- building ------------------------------------------------------------------------
     def _assign_name(self, obj: Node | LeafNode, explicit: str | None, method: str) -> str:
         if explicit is not None:
-            obj.name = check_name(explicit, f"{method}(name=...)")
+            obj.name = check_name(explicit, f"{method}(name=...)", dots=False)
         if obj.name is not None:
-            name = check_name(obj.name, f"{method}: {type(obj).__name__}.name")
+            name = check_name(obj.name, f"{method}: {type(obj).__name__}.name", dots=False)
             if name in self._nodes or name in self._leaves:
                 self._problems.append(Problem(f"node '{name}'", "duplicate name: another node or leaf has it"))
                 k = 1

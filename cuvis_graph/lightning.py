@@ -185,7 +185,7 @@ class GraphModule(pl.LightningModule):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
         outputs = self.executor.run(batch)
         loss = self._losses(batch, outputs, "train")
-        if loss is not None and not bool(torch.isfinite(loss.detach()).all()):
+        if loss is not None and not self._everywhere(bool(torch.isfinite(loss.detach()).all())):
             parts = ", ".join(f"'{n}'={float(v.float().sum()):.4g}" for n, v in self._last_losses.items()
                               if not bool(torch.isfinite(v).all()))
             self._diverged(f"the training loss is {float(loss.detach().float().sum())} (loss leaves {parts})")
@@ -193,8 +193,15 @@ class GraphModule(pl.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         params = [p for p in self.parameters() if p.requires_grad]
-        if params and not bool(torch.stack([torch.isfinite(p.detach()).all() for p in params]).all()):
+        if params and not self._everywhere(bool(torch.stack([torch.isfinite(p.detach()).all() for p in params]).all())):
             self._diverged("the weights became non-finite in the optimizer step")
+
+    def _everywhere(self, finite: bool) -> bool:
+        """``finite`` on every DDP rank: all ranks stop at the same step, none waits for the rest."""
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            return bool(trainer.strategy.reduce_boolean_decision(finite, all=True))
+        return finite
 
     def _diverged(self, what: str) -> None:
         """Raise :class:`TrainingDiverged` naming where, what and the first non-finite parameter."""

@@ -4,7 +4,8 @@ A pipeline's name is a folder of the run directory (``runs/<name>/<stamp>/``); n
 leaf names name artifacts and log keys. A name therefore must stay inside its folder:
 letters, digits, ``_``, ``-`` and ``.``, at most :data:`MAX_NAME_LENGTH` characters, not
 ``.``/``..`` and not starting with ``.`` (no hidden files, no parent folder). No
-separators (``/``, ``\\``), spaces or control characters.
+separators (``/``, ``\\``), spaces or control characters. Node and leaf names take no ``.``
+at all (``dots=False``): ``parent: "norm.out"`` reads as node ``norm``, port ``out``.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ def shorten(text: object, limit: int = 60) -> str:
     return cut + "…" if len(s) > limit else cut
 
 
-def name_problem(name: object) -> str | None:
-    """Why ``name`` is not a safe name (``None``: it is)."""
+def name_problem(name: object, dots: bool = True) -> str | None:
+    """Why ``name`` is not a safe name (``None``: it is); ``dots=False`` for node and leaf names."""
     if not isinstance(name, str):
         return f"a name is a string, got {type(name).__name__}"
     if not name:
@@ -44,6 +45,9 @@ def name_problem(name: object) -> str | None:
     if name.startswith("."):
         return (f"'{shorten(name)}' starts with '.': names become folder and file names, which must stay "
                 "inside their folder and not be hidden")
+    if not dots and "." in name:
+        return (f"'{shorten(name)}' contains '.': node and leaf names cannot, since 'name.port' names a "
+                "node's port; use '_' or '-'")
     if not _NAME.fullmatch(name):
         bad = next(c for c in name if not _NAME.fullmatch(c))
         return (f"'{shorten(name)}' contains {repr(bad)}: names become folder and file names; use letters, "
@@ -51,9 +55,9 @@ def name_problem(name: object) -> str | None:
     return None
 
 
-def check_name(name: object, where: str) -> str:
+def check_name(name: object, where: str, dots: bool = True) -> str:
     """``name`` when it is safe; :class:`InvalidNameError` starting with ``where`` otherwise."""
-    problem = name_problem(name)
+    problem = name_problem(name, dots)
     if problem is not None:
         raise InvalidNameError(f"{where}: {problem}")
     return name  # type: ignore[return-value]

@@ -776,7 +776,7 @@ def _check_names(config: Mapping[str, Any], source: str) -> None:
     for section in ("nodes", "leaves", "monitors"):
         entries = config.get(section)
         for key in entries if isinstance(entries, Mapping) else ():
-            problem = name_problem(key)
+            problem = name_problem(key, dots=section == "monitors")
             if problem:
                 problems.append(Problem(f"{section}.{shorten(key)}", problem))
     problems += [Problem(where, f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits is "

@@ -18,10 +18,13 @@ depends only on the seed and its index.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from ..registry import register
+from .checks import DataError
 from .datamodule import CubeDataset, GraphDataModule
 
 __all__ = ["SyntheticHSIDataModule", "make_scene", "make_spectra"]
@@ -73,6 +76,25 @@ def make_scene(seed: int, index: int, height: int, width: int, wavelengths: np.n
     return cube.astype(np.float32), mask
 
 
+def _physical_memory() -> int | None:
+    """Bytes of RAM (``None`` where the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_fits_in_memory(n_scenes: int, height: int, width: int, n_bands: int) -> None:
+    """Refuse scene counts and sizes whose float32 cubes (all generated up front) would take more
+    than half of this machine's memory, before generating anything."""
+    need = 4 * n_scenes * height * width * n_bands
+    memory = _physical_memory()
+    if memory is not None and need > memory // 2:
+        raise DataError(f"{n_scenes} scenes of {height}x{width}x{n_bands} float32 need "
+                        f"{need / 2**30:.3g} GiB, more than half of this machine's {memory / 2**30:.3g} GiB; "
+                        "use fewer or smaller scenes, or a FolderDataModule that reads files as needed")
+
+
 @register
 class SyntheticHSIDataModule(GraphDataModule):
     """Synthetic scenes with anomaly masks and wavelengths; offline and deterministic.
@@ -94,6 +116,7 @@ class SyntheticHSIDataModule(GraphDataModule):
         super().__init__(batch_size=batch_size, num_workers=num_workers)
         if min(height, width) < 8:
             raise ValueError(f"scenes must be at least 8x8 pixels, got {height}x{width}")
+        _check_fits_in_memory(n_train + n_val + n_test, height, width, n_bands)
         self.params = dict(n_train=n_train, n_val=n_val, n_test=n_test, height=height, width=width, n_bands=n_bands,
                            noise=noise, seed=seed)
         self.wavelengths = np.linspace(*wavelength_range, n_bands).astype(np.float32)

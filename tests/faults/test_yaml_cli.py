@@ -76,6 +76,8 @@ CATALOGUE: dict[str, tuple[str | bytes, list[str], list[str], list[str]]] = {
     "pipeline_name_absolute": (edit("name: base", "name: /tmp/elsewhere"), [], [], ["name: '/tmp/elsewhere' contains '/'"]),
     "node_name_with_separator": (edit("  rx: {", "  a/b: {").replace("parent: rx", "parent: a/b"), [], [],
                                  ["nodes.a/b", "contains '/'"]),
+    "node_name_with_a_dot": (edit("  rx: {", "  rx.v2: {").replace("parent: rx", "parent: rx.v2"), [], [],
+                            ["nodes.rx.v2", "contains '.'", "port"]),
     "leaf_name_leaving_its_folder": (edit("  metrics:", "  ../metrics:"), [], [], ["leaves.../metrics", "starts with '.'"]),
     "monitor_name_with_newline": (BASE + 'monitors:\n  "a\\nb": {type: FileMonitor}\n', [], [],
                                   ["monitors.a\\nb", "contains '\\n'"]),
@@ -90,6 +92,8 @@ CATALOGUE: dict[str, tuple[str | bytes, list[str], list[str], list[str]]] = {
     "two_documents": (BASE + "---\nname: other\n", [], [], ["line 10", "expected a single document"]),
     "huge_integer_in_file": (edit("n_train: 2", f"n_train: {HUGE}"), [], [],
                              ["data.params.n_train", "beyond the 64-bit range"]),
+    "scene_count_beyond_memory": (edit("n_train: 2", "n_train: 1000000000000"), [], [],
+                                  ["data.params", "1000000000001 scenes of 8x8x6 float32", "GiB"]),
     "huge_integer_override": (BASE, [f"training.trainer.max_epochs={HUGE}"], [],
                               ["training.trainer.max_epochs", "beyond the 64-bit range"]),
     "integer_too_long_to_convert": (edit("n_train: 2", "n_train: 1" + "0" * 5000), [], [],
@@ -199,6 +203,21 @@ def test_node_and_leaf_names_are_checked() -> None:
     with pytest.raises(InvalidNameError, match=r"register_monitor: FileMonitor\.name: 'a\\b' contains"):
         graph.register_monitor(FileMonitor("files", name="a\\b"))
     assert list(graph.nodes) == ["rx"] and not graph.leaves and not graph.monitors
+
+
+def test_a_dotted_node_name_would_read_as_a_port() -> None:
+    """``parent: "a.b"`` means node ``a``, port ``b``, so a node cannot be named ``a.b``."""
+    graph = Graph("g")
+    with pytest.raises(InvalidNameError, match=r"add_node\(name=\.\.\.\): 'norm\.v2' contains '\.'.*port"):
+        graph.add_node(MinMaxNormalizer(), name="norm.v2")
+    assert not graph.nodes
+
+
+def test_renaming_a_graph_keeps_the_rule() -> None:
+    graph = Graph("g")
+    with pytest.raises(InvalidNameError, match=r"Graph\.name: '\.\./\.\./x' starts with '\.'"):
+        graph.name = "../../x"
+    assert graph.name == "g"
 
 
 def test_name_from_an_unsafe_file_stem_stays_inside_the_runs_dir(tmp_path: Path, workdir: Path, capsys) -> None:
