@@ -74,9 +74,9 @@ def test_inference_scoring_in_blocks_equals_the_differentiable_path():
     cube = torch.from_numpy(x)
     with torch.no_grad():
         blocked = rx(cube)
-    with torch.enable_grad():
-        direct = rx(cube)
-    assert torch.equal(blocked, direct.detach())
+    with torch.enable_grad():  # float64 input: the float64 autograd path
+        direct = rx(cube.double())
+    assert torch.equal(blocked, direct.detach().float())
     pixels = x.reshape(-1, 12).astype(np.float64)
     mu, cov = pixels.mean(0), np.cov(pixels, rowvar=False)
     cov += 1e-12 * np.trace(cov) / 12 * np.eye(12)
