@@ -185,8 +185,14 @@ def resolve_monitor(requested: str | None, *, has_val: bool, has_loss: bool) -> 
 
 
 def build_callbacks(config: TrainingConfig, hub: MonitorHub, checkpoint_dir: Path | None, *,
-                    has_val: bool, has_loss: bool, step_offset: int = 0) -> list[pl.Callback]:
-    """Checkpointing, RNG states, early stopping, LR monitor, progress bar, histograms."""
+                    has_val: bool, has_loss: bool, step_offset: int = 0,
+                    run_config: Path | None = None) -> list[pl.Callback]:
+    """Checkpointing, RNG states, early stopping, LR monitor, progress bar, histograms.
+
+    Checkpoints (:mod:`cuvis_graph.checkpoint_callbacks`): the best (``best.ckpt``, or the
+    ``save_top_k`` best as ``epoch=NNN.ckpt``; ``-1`` keeps all), ``last.ckpt`` after every
+    epoch, optional rotated snapshots, and ``run_config`` (the run's ``config.yaml``) inside each.
+    """
     from lightning.pytorch.callbacks import (
         EarlyStopping,
         LearningRateMonitor,
@@ -194,16 +200,25 @@ def build_callbacks(config: TrainingConfig, hub: MonitorHub, checkpoint_dir: Pat
         RichProgressBar,
     )
 
+    from .checkpoint_callbacks import ConfigInCheckpoint, LastCheckpoint, SnapshotCheckpoint
+
     callbacks: list[pl.Callback] = [RNGStateCallback()]
     ck = config.checkpoint
     if checkpoint_dir is not None and ck.enabled:
         monitor = resolve_monitor(ck.monitor, has_val=has_val, has_loss=has_loss)
         single = ck.save_top_k == 1 or monitor is None
-        callbacks.append(ModelCheckpoint(
+        callbacks.append(ModelCheckpoint(  # first ModelCheckpoint: the one whose best the run reports
             dirpath=checkpoint_dir, filename="best" if single else "epoch={epoch:03d}", auto_insert_metric_name=False,
             monitor=monitor, mode=ck.mode, save_top_k=ck.save_top_k if monitor is not None else 1,
-            save_last=ck.save_last, every_n_epochs=ck.every_n_epochs, save_on_train_epoch_end=True,
-            enable_version_counter=False))
+            save_last=ck.save_last and monitor is None, every_n_epochs=ck.every_n_epochs,
+            save_on_train_epoch_end=True, enable_version_counter=False))
+        if ck.save_last and monitor is not None:
+            callbacks.append(LastCheckpoint(checkpoint_dir))
+        if ck.keep_last is not None or ck.keep_every_n_epochs is not None:
+            callbacks.append(SnapshotCheckpoint(checkpoint_dir, ck.every_n_epochs, ck.keep_last,
+                                                ck.keep_every_n_epochs))
+        if run_config is not None:
+            callbacks.append(ConfigInCheckpoint(run_config))
     cb = config.callbacks
     if cb.early_stopping is not None:
         es = cb.early_stopping

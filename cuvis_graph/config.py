@@ -93,15 +93,24 @@ class CheckpointConfig(StrictModel):
     ``train/loss`` when there is a loss only, else no monitor (the latest epoch is
     "best"). With ``save_top_k=1`` the best checkpoint is ``best.ckpt``; with more, the
     ``save_top_k`` best are kept as ``epoch=NNN.ckpt`` (older ones are deleted, so disk
-    use stays bounded). ``last.ckpt`` is rewritten atomically every ``every_n_epochs``.
+    use stays bounded; ``-1`` keeps all). ``last.ckpt`` is rewritten atomically after every
+    epoch, whether or not the monitor improved, so a resume continues from the last epoch.
+
+    Periodic snapshots (off unless ``keep_last`` or ``keep_every_n_epochs`` is set): every
+    ``every_n_epochs`` epochs ``snapshots/epoch=NNN.ckpt``; the newest ``keep_last`` are kept,
+    and each whose epoch count ``NNN + 1`` is a multiple of ``keep_every_n_epochs`` is kept
+    for good. Example: ``{every_n_epochs: 1, keep_last: 2, keep_every_n_epochs: 5}``. Every
+    checkpoint carries the run's resolved config (``"cuvis_graph_config"``).
     """
 
     enabled: bool = True
     monitor: str | None = "auto"
     mode: Literal["min", "max"] = "min"
-    save_top_k: int = Field(1, ge=0)
+    save_top_k: int = Field(1, ge=-1)
     save_last: bool = True
     every_n_epochs: int = Field(1, ge=1)
+    keep_last: int | None = Field(None, ge=0)
+    keep_every_n_epochs: int | None = Field(None, ge=1)
 
 
 class EarlyStoppingConfig(StrictModel):
