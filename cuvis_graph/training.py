@@ -353,7 +353,8 @@ class _StageRunner:
             raise ConfigError(f"training.stages.{index} ('{stage.name}'): no node has trainable parameters "
                               f"(frozen: {sorted(frozen)})")
         cbs = build_callbacks(config, self.hub, ckpt_dir if stage.max_epochs else None, has_val=self.has_val,
-                              has_loss=bool(module.loss_bindings), step_offset=step_offset)
+                              has_loss=bool(module.loss_bindings), step_offset=step_offset,
+                              run_config=self.run.path / "config.yaml" if self.run is not None else None)
         cbs += [SafeCallback(c, self.hub) for c in self.callbacks or []] + [RecordGuard(self.check_record)]
         checkpoint = next((c for c in cbs if isinstance(c, ModelCheckpoint)), None)
         trainer = pl.Trainer(**{**self.trainer_kwargs, "max_epochs": stage.max_epochs},
