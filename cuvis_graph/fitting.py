@@ -3,6 +3,8 @@
 Nodes are fitted level by level (see :meth:`Plan.statistical_levels`): pass ``k`` runs
 the executor on the already-fitted ancestors of level-``k`` nodes and folds their inputs
 into the nodes' accumulators. Number of passes = number of statistical depth levels.
+Fitted per-channel affine parents (normalizers) of a node that accepts it are folded into
+its statistics instead of being run (:func:`fold_affine_parents`).
 Everything runs under ``torch.no_grad()``; nothing is concatenated. Under DDP each rank
 streams its shard and the accumulators are all-reduced before ``finalize_statistics``.
 """
@@ -19,7 +21,7 @@ import torch
 from tqdm import tqdm  # plain text bars: tqdm.auto wants ipywidgets in notebooks
 
 from .executor import Executor
-from .plan import Plan
+from .plan import Plan, Source, Step
 from .statistics import Accumulator, StatisticsError
 
 __all__ = ["fit_statistics", "FitReport", "move_batch"]
@@ -64,6 +66,41 @@ def _slices(batch: Mapping[str, Any], max_pixels: int | None = None) -> Iterable
         yield {k: v[i:i + step] if _per_sample(k, v, b) else v for k, v in batch.items()}
 
 
+def fold_affine_parents(plan: Plan, step: Step) -> tuple[Step, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """``step`` with the ports it lists in ``folds_affine_inputs`` rewired past fitted affine parents.
+
+    A parent with ``affine_coefficients() -> (a, b)`` (per channel, e.g. a fitted normalizer)
+    maps ``x -> a x + b``; a chain of them composes to one ``(a, b)``. The statistics pass then
+    feeds the node the chain's input and transforms its accumulators afterwards
+    (``Accumulator.affine_``: ``mean' = a mean + b``, ``Sigma' = diag(a) Sigma diag(a)``), so
+    the normalized cube is never materialised. Returns the rewired step and ``(a, b)`` per port.
+    """
+    inputs = dict(step.inputs)
+    maps: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for port in getattr(step.node, "folds_affine_inputs", ()):
+        source = inputs.get(port)
+        a = b = None
+        while isinstance(source, Source) and source.kind == "node":
+            parent = plan.step(source.key)
+            coefficients = getattr(parent.node, "affine_coefficients", lambda: None)()
+            upstream = list(parent.inputs.values())
+            if coefficients is None or len(upstream) != 1 or not isinstance(upstream[0], Source):
+                break
+            pa, pb = coefficients
+            a, b = (pa, pb) if a is None else (a * pa, a * pb + b)  # y = a (pa x + pb) + b
+            source = upstream[0]
+        if a is not None:
+            inputs[port], maps[port] = source, (a, b)
+    return (Step(step.name, step.node, inputs) if maps else step), maps
+
+
+def _sources_ancestors(plan: Plan, steps: Iterable[Step]) -> set[str]:
+    """Nodes the inputs of ``steps`` come from, with their ancestors."""
+    names = {s.key for step in steps for src in step.inputs.values()
+             for s in (src if isinstance(src, list) else [src]) if s.kind == "node"}
+    return names | plan.ancestors(names)
+
+
 def _per_sample(key: str, value: Any, batch_size: int) -> bool:
     """A tensor with one entry per image (``[B, ...]``); ``wavelengths`` ``[C]`` is shared."""
     return isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == batch_size \
@@ -93,7 +130,8 @@ def fit_statistics(
     report = FitReport(levels=levels)
     started = time.perf_counter()
     for depth, names in enumerate(levels, 1):
-        needed = plan.ancestors(names)
+        folded = {name: fold_affine_parents(plan, plan.step(name)) for name in names}
+        needed = _sources_ancestors(plan, [step for step, _ in folded.values()])
         accumulators: dict[str, dict[str, Accumulator]] = {}
         loader = loader_factory()
         desc = f"statistics {depth}/{len(levels)} ({', '.join(names)})"
@@ -102,7 +140,7 @@ def fit_statistics(
                 for part in _slices(move_batch(batch, device)):
                     outputs = executor.run(part, only=needed)
                     for name in names:
-                        step = plan.step(name)
+                        step = folded[name][0]
                         inputs = executor.node_inputs(step, part, outputs)
                         if name not in accumulators:
                             accumulators[name] = step.node.create_accumulators(**inputs)
@@ -112,6 +150,9 @@ def fit_statistics(
         for name in names:
             if name not in accumulators:
                 raise RuntimeError(f"statistical node '{name}' saw no data: the training loader is empty")
+            for a, b in folded[name][1].values():  # the node's accumulators all hold that port's rows
+                for acc in accumulators[name].values():
+                    acc.affine_(a, b)
             for acc in accumulators[name].values():
                 acc.all_reduce()
             node = plan.step(name).node

@@ -61,6 +61,8 @@ BLOCK_ROWS = 8192
 DEVICE_BLOCK_ROWS = 16384
 #: Rows of the first batch whose mean is the shift (independent of the block size).
 SHIFT_ROWS = 16384
+#: Min/max blocks hold ``BLOCK_ROWS * MINMAX_WIDTH`` values when rows are narrower than this.
+MINMAX_WIDTH = 128
 
 
 def _block_rows(device: torch.device) -> int:
@@ -87,6 +89,10 @@ class Accumulator(ABC):
     @abstractmethod
     def merge(self, other: Accumulator) -> None:
         """Fold another accumulator of the same kind into this one (exact)."""
+
+    def affine_(self, scale: torch.Tensor, offset: torch.Tensor) -> None:
+        """Become the statistic of ``a * x + b`` (per channel) instead of ``x``, where supported."""
+        raise TypeError(f"{type(self).__name__} cannot fold an affine map of its input")
 
     @abstractmethod
     def all_reduce(self) -> None:
@@ -161,6 +167,21 @@ class MomentAccumulator(Accumulator):
             self.second += 2 * d * self.sum + self.n * d * d
         self.sum += self.n * d
         self.shift = new_shift.clone()
+
+    def affine_(self, scale: torch.Tensor, offset: torch.Tensor) -> None:
+        """Become the moments of ``y = a * x + b`` (per channel, ``[C]`` or ``[1]``), exactly::
+
+            s' = a s + b,   S' = a S,   M' = diag(a) M diag(a)
+
+        since ``y - s' = a (x - s)``; hence ``mean' = a mean + b``, ``Sigma' = diag(a) Sigma diag(a)``.
+        """
+        if self.shift is None:
+            return
+        a = scale.to(device=self.sum.device, dtype=F64).expand(self.dim)
+        b = offset.to(device=self.sum.device, dtype=F64).expand(self.dim)
+        self.shift = a * self.shift + b
+        self.sum = a * self.sum
+        self.second = a[:, None] * self.second * a[None, :] if self.full_covariance else a * a * self.second
 
     def merge(self, other: Accumulator) -> None:
         if not isinstance(other, MomentAccumulator) or other.dim != self.dim:
@@ -256,14 +277,23 @@ class MinMaxAccumulator(Accumulator):
         self.n += rows.shape[0]
         # Exact in the input dtype. Per cache-sized block, amin then amax read the block from
         # cache (2x faster than two passes over the whole batch); separate amin/amax are
-        # faster than aminmax over dim 0.
-        blocks = rows.split(_block_rows(rows.device))
+        # faster than aminmax over dim 0. Narrow rows (C < 128, e.g. one global min/max with
+        # C = 1) get proportionally more rows per block: ~1M values, not thousands of tiny blocks.
+        blocks = rows.split(_block_rows(rows.device) * max(1, MINMAX_WIDTH // self.dim))
         lo, hi = blocks[0].amin(dim=0), blocks[0].amax(dim=0)
         for block in blocks[1:]:
             torch.minimum(lo, block.amin(dim=0), out=lo)
             torch.maximum(hi, block.amax(dim=0), out=hi)
         self.min = torch.minimum(self.min, lo.to(F64))
         self.max = torch.maximum(self.max, hi.to(F64))
+
+    def affine_(self, scale: torch.Tensor, offset: torch.Tensor) -> None:
+        """Become the min/max of ``y = a * x + b`` (per channel): ``a min + b`` and ``a max + b``,
+        swapped where ``a < 0``."""
+        a = scale.to(device=self.min.device, dtype=F64).expand(self.dim)
+        b = offset.to(device=self.min.device, dtype=F64).expand(self.dim)
+        lo, hi = a * self.min + b, a * self.max + b
+        self.min, self.max = torch.where(a < 0, hi, lo), torch.where(a < 0, lo, hi)
 
     def merge(self, other: Accumulator) -> None:
         if not isinstance(other, MinMaxAccumulator) or other.dim != self.dim:

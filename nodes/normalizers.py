@@ -30,6 +30,14 @@ class _AffineMixin:
     def _apply_affine(self, y: torch.Tensor) -> torch.Tensor:
         return y * self.gamma + self.beta if self.affine else y
 
+    def _compose_affine(self, scale: torch.Tensor, offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a, b)`` of the whole node, float64: ``gamma * (scale * x + offset) + beta``."""
+        scale, offset = scale.to(torch.float64), offset.to(torch.float64)
+        if self.affine and self.gamma.numel():
+            gamma, beta = self.gamma.detach().to(torch.float64), self.beta.detach().to(torch.float64)
+            return gamma * scale, gamma * offset + beta
+        return scale, offset
+
     def is_trainable(self) -> bool:
         return self.affine and not self._frozen
 
@@ -56,6 +64,8 @@ class MinMaxNormalizer(_AffineMixin, Node):
         self.statistical = use_running_stats
         self.mark_fitted(not use_running_stats)
         self.eps, self.per_channel, self.use_running_stats = eps, per_channel, use_running_stats
+        # per-channel statistics can absorb a fitted affine parent (see cuvis_graph.fitting)
+        self.folds_affine_inputs = ("x",) if per_channel else ()
         self.register_buffer("min", torch.zeros(0))
         self.register_buffer("max", torch.zeros(0))
         self._init_affine(affine)
@@ -70,6 +80,15 @@ class MinMaxNormalizer(_AffineMixin, Node):
         acc = accumulators["minmax"]
         self.min = acc.min.float().to(self.min.device)
         self.max = acc.max.float().to(self.max.device)
+
+    def affine_coefficients(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The fitted map as ``y = a * x + b`` (float64 ``[C]`` or ``[1]``) with the forward's own
+        coefficients ``a = 1 / (max - min + eps)``, ``b = -min * a``; ``None`` when it scales each
+        batch by its own min/max. Statistical nodes downstream fold it into their moments."""
+        if not self.use_running_stats or not self.is_fitted:
+            return None
+        inv_range = 1.0 / (self.max - self.min + self.eps)
+        return self._compose_affine(inv_range, -self.min * inv_range)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_running_stats:
@@ -98,6 +117,7 @@ class StandardNormalizer(_AffineMixin, Node):
                  name: str | None = None) -> None:
         super().__init__(name=name)
         self.eps, self.per_channel = eps, per_channel
+        self.folds_affine_inputs = ("x",) if per_channel else ()
         self.register_buffer("mean", torch.zeros(0))
         self.register_buffer("std", torch.ones(0))
         self._init_affine(affine)
@@ -112,6 +132,13 @@ class StandardNormalizer(_AffineMixin, Node):
         acc = accumulators["moments"]
         self.mean = acc.mean.float().to(self.mean.device)
         self.std = acc.variance(ddof=1).sqrt().float().to(self.std.device)
+
+    def affine_coefficients(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The fitted map as ``y = a * x + b`` (float64): ``a = 1 / (sigma + eps)``, ``b = -mu a``."""
+        if not self.is_fitted:
+            return None
+        scale = 1.0 / (self.std.to(torch.float64) + self.eps)
+        return self._compose_affine(scale, -self.mean.to(torch.float64) * scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._build_affine(x.shape[-1])

@@ -67,6 +67,8 @@ class TrainablePCA(Node):
     INPUTS = {"x": PortSpec(("B", "H", "W", "C"), batch_key="cube", description="cube")}
     OUTPUTS = {"out": PortSpec(("B", "H", "W", "K"), description="principal-component scores")}
     statistical = True
+    #: fitted affine parents (normalizers) are folded into the moments of ``x`` during the fit
+    folds_affine_inputs = ("x",)
 
     def __init__(self, n_components: int, whiten: bool = False, center: bool = True, trainable: bool = False,
                  eps: float = 1e-12, name: str | None = None) -> None:

@@ -25,43 +25,56 @@ SCORE_BLOCK_ROWS = 4096
 MAX_REGULARIZER = 1e-3
 
 
-def whitening_from_covariance(cov: torch.Tensor, eps: float, where: str = "RX") -> torch.Tensor:
-    """Lower-triangular ``W = L^{-1}`` with ``L L^T = cov + eps * (tr(cov)/C) * I`` (float64).
+#: Meanings of RXGlobal's ``eps``.
+EPS_MODES = ("relative", "absolute")
 
-    Then ``(cov_reg)^{-1} = W^T W``. If the Cholesky factorisation fails, the regulariser
-    steps through ``1e-12, 1e-11, ..., 1e-3`` (those above ``eps``; at most 10 tries) and a
-    warning names the node, the regulariser used and the degenerate bands (constant, or
-    duplicated: the cause is upstream); never a silent pseudo-inverse cut-off. With
-    ``eps=0`` a singular covariance whose factorisation happens to succeed in rounding is
-    warned about the same way.
+
+def whitening_from_covariance(cov: torch.Tensor, eps: float, where: str = "RX",
+                              eps_mode: str = "relative") -> torch.Tensor:
+    """Lower-triangular ``W = L^{-1}`` with ``L L^T = cov + delta * I`` (float64), where
+
+    ``delta = eps * tr(cov) / C`` (``eps_mode="relative"``: a fraction of the mean
+    eigenvalue, the same whatever the data scale) or ``delta = eps`` (``"absolute"``, in the
+    squared units of the data).
+
+    Then ``(cov + delta I)^{-1} = W^T W``. If the Cholesky factorisation fails, the
+    regulariser steps through the relative values ``1e-12, 1e-11, ..., 1e-3`` (those above
+    ``delta``; at most 10 tries) and a warning names the node, the regulariser used and the
+    degenerate bands (constant, or duplicated: the cause is upstream); never a silent
+    pseudo-inverse cut-off. With ``eps=0`` a singular covariance whose factorisation happens
+    to succeed in rounding is warned about the same way.
 
     Raises:
-        ValueError: ``eps`` negative or not finite.
+        ValueError: ``eps`` negative or not finite, or an unknown ``eps_mode``.
         StatisticsError: non-finite covariance, or not positive definite even at ``1e-3``.
     """
     if not math.isfinite(eps) or eps < 0:
         raise ValueError(f"{where}: eps must be a finite number >= 0, got {eps}")
+    if eps_mode not in EPS_MODES:
+        raise ValueError(f"{where}: eps_mode must be one of {EPS_MODES}, got {eps_mode!r}")
     cov = cov.to(torch.float64)
     bad = int((~torch.isfinite(cov)).sum())
     if bad:
         raise StatisticsError(f"{where}: the covariance has {bad} non-finite entries of {cov.numel()}; the data or "
                               "an upstream node produced NaN/Inf")
     c = cov.shape[0]
-    scale = torch.trace(cov) / c
+    scale = float(torch.trace(cov)) / c
     identity = torch.eye(c, dtype=cov.dtype, device=cov.device)
-    ladder = [eps] + [10.0 ** k for k in range(-12, 1 + round(math.log10(MAX_REGULARIZER))) if 10.0 ** k > eps]
+    delta = eps * scale if eps_mode == "relative" else eps
+    ladder = [delta] + [10.0 ** k * scale for k in range(-12, 1 + round(math.log10(MAX_REGULARIZER)))
+                        if 10.0 ** k * scale > delta]
     for current in ladder:
-        factor, info = torch.linalg.cholesky_ex(cov + current * scale * identity)
+        factor, info = torch.linalg.cholesky_ex(cov + current * identity)
         if int(info) == 0:
-            if current != eps:
+            if current != delta:
                 log.warning("%s: covariance not positive definite%s; used relative regulariser %.1e instead of %.1e",
-                            where, degenerate_bands(cov), current, eps)
+                            where, degenerate_bands(cov), current / scale, delta / scale if scale > 0 else eps)
             elif eps == 0 and (degenerate := degenerate_bands(cov)):
                 log.warning("%s: covariance is singular%s; with eps=0 scores along those bands are unbounded "
                             "(set eps > 0)", where, degenerate)
             return torch.linalg.solve_triangular(factor, identity, upper=False)
     raise StatisticsError(f"{where}: covariance of C={c} channels is not positive definite even with regulariser "
-                          f"{ladder[-1]:.0e}{degenerate_bands(cov) or '; the data may have constant or duplicated channels'}")
+                          f"{ladder[-1] / scale if scale > 0 else eps:.0e}{degenerate_bands(cov) or '; the data may have constant or duplicated channels'}")
 
 
 def degenerate_bands(cov: torch.Tensor, tol: float = 1e-9) -> str:
@@ -93,8 +106,8 @@ class RXGlobal(Node):
     """Global RX: ``score(x) = (x - mu)^T Sigma^{-1} (x - mu)`` per pixel.
 
     ``[B,H,W,C]`` -> scores ``[B,H,W,1]``. ``mu`` and ``Sigma = scatter / (N - 1)`` come
-    from float64 streaming moments over the training pixels; ``Sigma + eps * tr(Sigma)/C * I``
-    is factorised by Cholesky, ``L L^T``, and the score is ``||W (x - mu)||^2`` with the
+    from float64 streaming moments over the training pixels; ``Sigma + delta * I`` is
+    factorised by Cholesky, ``L L^T``, and the score is ``||W (x - mu)||^2`` with the
     lower-triangular ``W = L^{-1}``, computed in float64.
 
     Trainable (``trainable_stats=True``): the fitted ``W`` and ``mu`` stay as buffers and
@@ -108,7 +121,13 @@ class RXGlobal(Node):
     well-conditioned, dimensionless entries whatever the data scale.
 
     Args:
-        eps: relative regulariser (fraction of the mean eigenvalue added to the diagonal).
+        eps: the regulariser ``delta`` added to the diagonal of ``Sigma``, read per ``eps_mode``.
+        eps_mode: ``"relative"`` (default): ``delta = eps * tr(Sigma) / C``, a fraction of the
+            mean eigenvalue, so the same ``eps`` means the same thing on reflectance and on raw
+            counts (~1e4); ``eps=1e-12`` is exact RX. ``"absolute"``: ``delta = eps`` in the
+            squared units of the node's input (e.g. ``eps=1e-6`` on data in [0, 1]). A
+            regulariser much above the noise variance shrinks RX towards the Euclidean
+            distance ``||x - mu||^2 / delta``.
         trainable_stats: learn ``D`` and ``d`` by gradient descent.
         use_background_mask: exclude pixels with ``mask > 0`` from the statistics (when
             the batch has a mask).
@@ -121,12 +140,17 @@ class RXGlobal(Node):
     }
     OUTPUTS = {"scores": PortSpec(("B", "H", "W", 1), description="squared Mahalanobis distance")}
     statistical = True
+    #: fitted affine parents (normalizers) are folded into the moments of ``x`` during the fit
+    folds_affine_inputs = ("x",)
 
     def __init__(self, eps: float = 1e-12, trainable_stats: bool = False, use_background_mask: bool = False,
-                 name: str | None = None) -> None:
+                 eps_mode: str = "relative", name: str | None = None) -> None:
         super().__init__(name=name)
         if eps < 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
+        if eps_mode not in EPS_MODES:
+            raise ValueError(f"eps_mode must be one of {EPS_MODES}, got {eps_mode!r}")
+        self.eps_mode = eps_mode
         self.eps, self.trainable_stats, self.use_background_mask = eps, trainable_stats, use_background_mask
         self.register_buffer("mean", torch.zeros(0, dtype=torch.float64))
         self.register_buffer("whitening", torch.zeros(0, 0, dtype=torch.float64))
@@ -147,7 +171,7 @@ class RXGlobal(Node):
         acc.require_rank(acc.dim, "a full-rank covariance")
         device = self.mean.device
         self.mean = acc.mean.to(device)
-        self.whitening = whitening_from_covariance(acc.covariance(ddof=1), self.eps,
+        self.whitening = whitening_from_covariance(acc.covariance(ddof=1), self.eps, eps_mode=self.eps_mode,
                                                    where=f"node '{self.name}' (RXGlobal)").to(device)
         if self.trainable_stats:
             c = self.mean.shape[0]
