@@ -657,7 +657,7 @@ def check_continuation(run: Run, training: Mapping[str, Any], pipeline: Mapping[
         new = yaml.safe_load(yaml.safe_dump(_plain({"pipeline": pipeline, "training": training})))
         old, now = _comparable(recorded), _comparable(new)
         diffs = [f"{k}: {old.get(k, '(absent)')!r} -> {now.get(k, '(absent)')!r}" for k in sorted(old.keys() | now.keys())
-                 if old.get(k, _MISSING) != now.get(k, _MISSING)]
+                 if old.get(k, _MISSING) != now.get(k, _MISSING) and not _new_field(k, old, now)]
         if diffs:
             more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
             raise ResumeError(f"run {run.path}: the pipeline differs from the one the run was trained with: "
@@ -686,6 +686,25 @@ def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
     pipeline = {k: v for k, v in dict(config.get("pipeline") or {}).items() if k not in ("overrides", "training")}
     flat = _flatten(pipeline, "") | _flatten({"training": config.get("training") or {}}, "")
     return {k: v for k, v in flat.items() if not ATTEMPT_KEYS.match(k)}
+
+
+def _containers(flat: Mapping[str, Any]) -> set[str]:
+    return {key.rsplit(".", i)[0] for key in flat for i in range(1, key.count(".") + 1)} | set(flat)
+
+
+def _new_field(key: str, old: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
+    """``key`` is on one side only, in a section recorded in full (the training config, or the
+    node parameters of a graph trained from Python: ``nodes.<i>.params``) that both sides have:
+    a field a newer (or older) cuvis-graph added at its default, not a change of the run. (A
+    pipeline file's ``params`` hold only what the file wrote, so there a missing key is a change.)"""
+    if (key in old) == (key in now) or "." not in key:
+        return False
+    parent = key.rsplit(".", 1)[0]
+    full = parent.startswith("training.") or _FULL_PARAMS.match(parent) is not None
+    return full and parent in _containers(old) and parent in _containers(now)
+
+
+_FULL_PARAMS = re.compile(r"(nodes|leaves|monitors)\.\d+\.params(\.|$)")
 
 
 def _flatten(value: Any, prefix: str) -> dict[str, Any]:

@@ -148,6 +148,22 @@ def test_resume_with_another_pipeline_refuses_naming_the_difference(change, name
     before.assert_unchanged()  # the completed run's metrics, model and record are kept
 
 
+def test_resume_of_a_run_recorded_before_a_parameter_existed_continues(trained, workdir, capsys):
+    """A field a newer cuvis-graph added (absent from the recorded config, at its default now)
+    is not a change of the run; a node or leaf missing on one side still is."""
+    import yaml
+
+    run_dir = a_run(trained, workdir)
+    config_file = run_dir / "config.yaml"
+    recorded = yaml.safe_load(config_file.read_text())
+    del recorded["training"]["checkpoint"]["keep_last"]
+    del recorded["training"]["optimizer"]["weight_decay"]
+    config_file.write_text(yaml.safe_dump(recorded, sort_keys=False))
+    outcome = cli([*TRAIN, "training.trainer.max_epochs=2", "--resume", run_dir], capsys)
+    assert outcome.rc == 0, outcome.err
+    assert read_run_json(run_dir)["epochs"] == 2
+
+
 def test_resume_of_a_completed_run_says_so_and_changes_nothing(trained, workdir, capsys):
     run_dir = a_run(trained, workdir)
     before = TreeSnapshot(workdir)
