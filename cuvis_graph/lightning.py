@@ -4,7 +4,8 @@
   (weighted) and ``<stage>/loss`` (total); a leaf with a ``last_components`` dict (e.g.
   ``WeightedMultiLoss``) also gets ``<stage>/loss/<leaf>/<component>``;
 * epochs: ``node.on_epoch_start(epoch)`` on every node at each training epoch start
-  (e.g. temperature annealing);
+  (e.g. temperature annealing), then a node's ``logged_values()`` dict, if it has one, is
+  logged as ``train/<node>/<key>`` (e.g. ``train/selector/temperature``);
 * metrics: torchmetrics states per stage, logged at epoch end as ``<stage>/<leaf>/<name>``;
 * visualizations: first validation batch of every ``log_frequency``-th epoch, rank 0,
   never during the sanity check, sent to the monitors; a failing one is disabled. The
@@ -257,6 +258,9 @@ class GraphModule(pl.LightningModule):
             hook = getattr(step.node, "on_epoch_start", None)
             if hook is not None and step.name not in self.frozen:
                 hook(self.epoch_offset + self.current_epoch)
+            values = getattr(step.node, "logged_values", None)
+            for key, value in (values() if values is not None else {}).items():
+                self.log(f"train/{step.name}/{key}", float(value), on_step=False, on_epoch=True, sync_dist=False)
 
     def on_validation_epoch_end(self) -> None:
         self._log_exact_losses("val")

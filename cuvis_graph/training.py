@@ -7,7 +7,9 @@
       -> one validation (``initial_metrics``)
       -> for each stage: seed + index; freeze / unfreeze; refit named statistical nodes;
          Lightning fit for ``max_epochs``; ``checkpoints/<stage>/final.ckpt``
-      -> ``stage_state.json`` at every transition; ``model/`` (``Graph.save``) at the end
+      -> ``stage_state.json`` at every transition; ``model/`` (``Graph.save``) at the end,
+         with the best weights by the checkpoint monitor: the best checkpoint, or the
+         statistical start when its validation was better (run.json ``model_weights``)
 
 Without ``training.stages`` there is one stage, ``train``, with ``trainer.max_epochs``
 epochs, every node as built and every loss, checkpointing into ``checkpoints/``.
@@ -204,7 +206,7 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
                                                                   or module.vis_bindings)
     trainability = Trainability(plan)
     initial: dict[str, float] = dict(run.record.get("initial_metrics") or {}) if restore is not None else {}
-    metrics, best, trainer = dict(initial), None, None
+    metrics, best, trainer, initial_state = dict(initial), None, None, None
     if restore is not None and state.completed:  # what the stages done so far ended with
         last = state.info(state.completed[-1])
         metrics = {k: v for k, v in (last.get("metrics") or {}).items() if v is not None} or metrics
@@ -215,6 +217,7 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
             initial = _validate(module, datamodule, kwargs, hub, 0, root)
             check_record()
             metrics = dict(initial)
+            initial_state = _node_states(plan)
             if writes:
                 run.record["initial_metrics"] = {k: v if math.isfinite(v) else None for k, v in initial.items()}
                 run.save()
@@ -240,6 +243,7 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
     fit = fits[0] if fits else FitReport()
     steps_total, epochs_total = state.offsets()
     model_dir, model_error = None, None
+    shipped = _ship_best_weights(plan, run, best, initial, initial_state) if run is not None else None
     if writes:  # the trained graph, ready for `cuvis-graph predict` / `Graph.load`
         try:
             model_dir = graph.save(run.path / "model")
@@ -250,7 +254,7 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
         session.finish(metrics, initial, best=best, fit_passes=fit.passes, epochs=epochs_total,
                        global_step=steps_total, completed_stages=state.completed,
                        model=os.path.relpath(model_dir, run.path) if model_dir is not None else None,
-                       model_error=model_error)
+                       model_error=model_error, model_weights=shipped)
     return TrainResult(metrics=metrics, fit=fit, initial_metrics=initial, trainer=trainer,
                        module=trainer.lightning_module if trainer is not None else module,
                        failures=list(hub.failures), run_dir=run.path if run is not None else None,
@@ -532,6 +536,48 @@ def _best(checkpoint: ModelCheckpoint | None, run_path: Any) -> dict[str, Any] |
     path = os.path.relpath(checkpoint.best_model_path, run_path)
     return {"monitor": checkpoint.monitor, "mode": checkpoint.mode, "checkpoint": path,
             "score": float(score) if score is not None and math.isfinite(float(score)) else None}
+
+
+def _node_states(plan: Plan) -> dict[str, dict[str, torch.Tensor]]:
+    """A copy of every node's state dict (the weights right after statistical init)."""
+    return {s.name: {k: v.detach().clone() for k, v in s.node.state_dict().items()} for s in plan.steps}
+
+
+def _ship_best_weights(plan: Plan, run: Any, best: Mapping[str, Any] | None, initial: Mapping[str, float],
+                       initial_state: dict[str, dict[str, torch.Tensor]] | None) -> dict[str, Any] | None:
+    """Put the best weights of the run into the graph, so that ``<run>/model`` is never worse
+    than the run's own start; returns what run.json records as ``model_weights``.
+
+    Candidates, with a checkpoint monitor set: the best checkpoint of the last trained stage
+    and, when ``initial_metrics`` (the validation right after statistical init, before any
+    gradient step) has the monitored value, the initial weights. The better by the monitor's
+    ``mode`` wins (a tie keeps the trained one; a non-finite score never wins). Without a
+    monitor the final weights are shipped.
+    """
+    if not best or not best.get("monitor") or not best.get("checkpoint"):
+        return {"source": "final"}
+    monitor, mode, score = best["monitor"], best.get("mode", "min"), best.get("score")
+    start = initial.get(monitor) if initial_state is not None else None
+    start = start if start is not None and math.isfinite(start) else None
+
+    def better(a: float | None, b: float | None) -> bool:
+        return a is not None and (b is None or (a < b if mode == "min" else a > b))
+
+    if better(start, score):
+        states, source = initial_state, {"source": "initial", "monitor": monitor, "score": start}
+    else:
+        path = run.path / best["checkpoint"]
+        if not path.is_file():
+            log.warning("best checkpoint %s is missing: the final weights are the run's model", path)
+            return {"source": "final"}
+        saved = load_checkpoint(path)["state_dict"]
+        states = {s.name: {k[len(f"graph_nodes.{s.name}."):]: v for k, v in saved.items()
+                           if k.startswith(f"graph_nodes.{s.name}.")} for s in plan.steps}
+        source = {"source": "best", "checkpoint": best["checkpoint"], "monitor": monitor, "score": score}
+    for s in plan.steps:
+        device = next(iter(s.node.state_dict().values()), torch.empty(0)).device
+        s.node.load_state_dict({k: v.to(device) for k, v in states[s.name].items()})
+    return source
 
 
 def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -2,35 +2,119 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from cuvis_graph.node import Node, PortSpec
 from cuvis_graph.registry import register
-from cuvis_graph.statistics import Accumulator, MomentAccumulator
+from cuvis_graph.statistics import (
+    Accumulator,
+    MomentAccumulator,
+    StatisticsError,
+    distributed_ready,
+)
 
-__all__ = ["RXLogitHead"]
+from .sketch import LogBucketGrid
+
+__all__ = ["RXLogitHead", "ScoreQuantileSketch"]
 
 SCORES = ("B", "H", "W", 1)
+F64 = torch.float64
+
+
+class ScoreQuantileSketch(Accumulator):
+    """Streaming quantiles of scalar scores: a fixed-grid log-bucket sketch (``nodes.sketch``).
+
+    Memory is a fixed ``[size]`` int64 count array per sign (~186 kB) plus the exact
+    minimum and maximum, whatever the number of pixels. Counts merge (and all-reduce across
+    DDP ranks) by addition, so the quantiles of 2 ranks equal those of 1 process exactly.
+    A quantile is within ``relative_accuracy`` (relative) of numpy's linear-rule quantile.
+    """
+
+    def __init__(self, relative_accuracy: float = 0.005) -> None:
+        self.grid = LogBucketGrid(relative_accuracy)
+        self.neg = torch.zeros(self.grid.size, dtype=torch.long)
+        self.pos = torch.zeros(self.grid.size, dtype=torch.long)
+        self.zero = torch.zeros((), dtype=torch.long)
+        self.lowest = torch.tensor(math.inf, dtype=F64)
+        self.highest = torch.tensor(-math.inf, dtype=F64)
+
+    def update(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        values = x.detach().reshape(-1)
+        if weights is not None:
+            values = values[weights.detach().reshape(-1).to(values.device) > 0]
+        values = values[torch.isfinite(values)].to(F64)
+        if values.numel() == 0:
+            return
+        neg, zero, pos = self.grid.count(values)
+        device = values.device
+        self.neg, self.pos, self.zero = self.neg.to(device) + neg, self.pos.to(device) + pos, self.zero.to(device) + zero
+        self.lowest = torch.minimum(self.lowest.to(device), values.min())
+        self.highest = torch.maximum(self.highest.to(device), values.max())
+
+    def merge(self, other: Accumulator) -> None:
+        if not isinstance(other, ScoreQuantileSketch) or other.grid.size != self.grid.size:
+            raise TypeError("can only merge a ScoreQuantileSketch with the same accuracy")
+        device = self.neg.device
+        self.neg = self.neg + other.neg.to(device)
+        self.pos = self.pos + other.pos.to(device)
+        self.zero = self.zero.to(device) + other.zero.to(device)
+        self.lowest = torch.minimum(self.lowest.to(device), other.lowest.to(device))
+        self.highest = torch.maximum(self.highest.to(device), other.highest.to(device))
+
+    def all_reduce(self) -> None:
+        if not distributed_ready():
+            return
+        self.zero = self.zero.reshape(1)
+        for counts in (self.neg, self.pos, self.zero):
+            dist.all_reduce(counts)
+        self.zero = self.zero.reshape(())
+        self.lowest, self.highest = self.lowest.reshape(1), self.highest.reshape(1)
+        dist.all_reduce(self.lowest, op=dist.ReduceOp.MIN)
+        dist.all_reduce(self.highest, op=dist.ReduceOp.MAX)
+        self.lowest, self.highest = self.lowest.reshape(()), self.highest.reshape(())
+
+    @property
+    def count(self) -> int:
+        return int(self.neg.sum() + self.pos.sum() + self.zero)
+
+    def quantiles(self, qs: list[float]) -> list[float]:
+        """Quantiles ``qs`` (numpy's linear rule, within the sketch's relative accuracy)."""
+        return self.grid.quantiles(self.neg, self.zero, self.pos, qs, float(self.lowest), float(self.highest))
 
 
 @register
 class RXLogitHead(Node):
     """Affine map of scores to logits: ``logit = scale * (score - bias)`` (``[B,H,W,1]``).
 
-    Statistical init (``init_bias=None``): with ``m``, ``s`` the mean and standard
-    deviation of the training scores, ``bias = m + 2 s`` (a score two standard deviations
-    above the mean sits at probability 0.5) and ``scale = init_scale / s``.
+    Statistical init, from a streaming quantile sketch of the training scores (background
+    dominated): with ``Q(p)`` their ``p``-quantile and ``q = bias_quantile``::
 
-    The trainable parameters are kept in score-standard-deviation units,
-    ``scale = alpha / s`` and ``bias = m + s * beta`` (``alpha = init_scale``,
-    ``beta = 2`` at init), so one optimizer step moves the threshold by a fraction of a
-    standard deviation whatever the raw score range (RX scores are ~C for C channels).
-    With ``init_bias`` given nothing is fitted: ``m = 0``, ``s = 1``, ``beta = init_bias``.
+        bias  = Q(q)                                   (logit 0 = probability 0.5)
+        scale = logit(q) / (Q(q) - Q(0.5)),   logit(q) = log(q / (1 - q))
+
+    so a fraction ``q`` of the training pixels starts below logit 0 on any data and any RX
+    regulariser, and a pixel at the median score starts at probability ``1 - q`` (the
+    anomaly prior implied by the threshold). Explicit ``init_bias`` / ``init_scale`` win
+    over the fitted values; with both given nothing is fitted.
+
+    The trainable parameters are kept in units of the fitted spread ``u = Q(q) - Q(0.5)``
+    (``u = 1`` when nothing is fitted), around ``c`` = the initial bias::
+
+        logit = alpha * ((score - c) / u - beta),   scale = alpha / u,   bias = c + u * beta
+
+    (``beta = 0`` at init), so one optimizer step moves the threshold by a fraction of the
+    spread whatever the raw score range (RX scores are ~C for C channels, any scale with a
+    large regulariser). The moments ``score_mean`` / ``score_std`` of the training scores
+    are kept for reference.
 
     Args:
-        init_scale: initial ``alpha``.
-        init_bias: fixed initial bias; ``None`` fits it from the score distribution.
+        init_scale: initial ``scale``; ``None`` fits it (above).
+        init_bias: initial ``bias``; ``None`` fits it (above).
+        bias_quantile: ``q``, the fraction of training pixels initially below logit 0.
         trainable: learn ``alpha`` and ``beta`` by gradient descent.
     """
 
@@ -38,42 +122,59 @@ class RXLogitHead(Node):
     OUTPUTS = {"logits": PortSpec(SCORES, description="anomaly logits")}
     statistical = True
 
-    def __init__(self, init_scale: float = 1.0, init_bias: float | None = None, trainable: bool = True,
-                 name: str | None = None) -> None:
+    def __init__(self, init_scale: float | None = None, init_bias: float | None = None,
+                 bias_quantile: float = 0.995, trainable: bool = True, name: str | None = None) -> None:
         super().__init__(name=name)
-        self.statistical = init_bias is None
+        if not 0.5 < bias_quantile < 1:
+            raise ValueError(f"bias_quantile must be in (0.5, 1), got {bias_quantile}")
+        self.statistical = init_bias is None or init_scale is None
         self.mark_fitted(not self.statistical)
-        self.init_scale, self.init_bias, self.trainable = float(init_scale), init_bias, trainable
+        self.init_scale = None if init_scale is None else float(init_scale)
+        self.init_bias = None if init_bias is None else float(init_bias)
+        self.bias_quantile, self.trainable = float(bias_quantile), trainable
         self.register_buffer("score_mean", torch.tensor(0.0))
         self.register_buffer("score_std", torch.tensor(1.0))
-        self.alpha = nn.Parameter(torch.tensor(float(init_scale)), requires_grad=trainable)
-        self.beta = nn.Parameter(torch.tensor(float(init_bias) if init_bias is not None else 2.0),
-                                 requires_grad=trainable)
+        self.register_buffer("score_center", torch.tensor(0.0 if init_bias is None else self.init_bias))
+        self.register_buffer("score_unit", torch.tensor(1.0))
+        self.alpha = nn.Parameter(torch.tensor(1.0 if init_scale is None else self.init_scale), requires_grad=trainable)
+        self.beta = nn.Parameter(torch.tensor(0.0), requires_grad=trainable)
 
     @property
     def scale(self) -> torch.Tensor:
-        """``alpha / s``."""
-        return self.alpha / self.score_std
+        """``alpha / u``."""
+        return self.alpha / self.score_unit
 
     @property
     def bias(self) -> torch.Tensor:
-        """``m + s * beta``."""
-        return self.score_mean + self.score_std * self.beta
+        """``c + u * beta``."""
+        return self.score_center + self.score_unit * self.beta
 
     def create_accumulators(self, scores: torch.Tensor) -> dict[str, Accumulator]:
-        return {"scores": MomentAccumulator(1, full_covariance=False)}
+        return {"scores": MomentAccumulator(1, full_covariance=False), "quantiles": ScoreQuantileSketch()}
 
     def update_statistics(self, accumulators: dict[str, Accumulator], scores: torch.Tensor) -> None:
         accumulators["scores"].update(scores)
+        accumulators["quantiles"].update(scores)
 
     def finalize_statistics(self, accumulators: dict[str, Accumulator]) -> None:
-        acc = accumulators["scores"]
-        std = float(acc.variance()[0].sqrt())
-        self.score_mean.fill_(float(acc.mean[0]))
-        self.score_std.fill_(std if std > 0 else 1.0)
+        moments, sketch = accumulators["scores"], accumulators["quantiles"]
+        if sketch.count == 0:
+            raise StatisticsError("no finite training score to fit the logit head on")
+        std = float(moments.variance()[0].sqrt()) if moments.count > 1 else 0.0
+        self.score_mean.fill_(float(moments.mean[0]))
+        self.score_std.fill_(std)
+        q = self.bias_quantile
+        median, high = sketch.quantiles([0.5, q])
+        spread = high - median
+        if not spread > 0:  # (nearly) constant scores: fall back to their standard deviation
+            spread = std if std > 0 else 1.0
+        center = high if self.init_bias is None else self.init_bias
+        scale = math.log(q / (1 - q)) / spread if self.init_scale is None else self.init_scale
+        self.score_center.fill_(center)
+        self.score_unit.fill_(spread)
         with torch.no_grad():
-            self.alpha.fill_(self.init_scale)
-            self.beta.fill_(2.0)
+            self.alpha.fill_(scale * spread)
+            self.beta.fill_(0.0)
 
     def forward(self, scores: torch.Tensor) -> torch.Tensor:
-        return self.alpha * ((scores - self.score_mean) / self.score_std - self.beta)
+        return self.alpha * ((scores - self.score_center) / self.score_unit - self.beta)

@@ -38,7 +38,8 @@ class SoftChannelSelector(Node):
     start of every training epoch, so epoch 0 trains at ``T_init`` and after ``k`` epochs
     the node holds ``T(k - 1)``, the temperature its weights were last trained with (used by
     validation and inference). ``temperature`` is a buffer: it is saved and resumed with
-    the state dict.
+    the state dict. The temperature each epoch trains with is logged as
+    ``train/<name>/temperature``.
 
     ``hard=True``: in eval mode the weights become the top-k mask ``m_c = 1`` for the
     ``n_select`` largest logits, else 0 (exactly ``n_select`` channels pass, unscaled);
@@ -108,6 +109,10 @@ class SoftChannelSelector(Node):
 
     def on_epoch_start(self, epoch: int) -> None:
         self.set_epoch(epoch)
+
+    def logged_values(self) -> dict[str, float]:
+        """``{"temperature": T}``, logged each training epoch as ``train/<name>/temperature``."""
+        return {"temperature": self.temperature}
 
     # -- lazy logits ---------------------------------------------------------------------
     @property
