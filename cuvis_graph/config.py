@@ -30,6 +30,16 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+def _runs_on_gpu(accelerator: str) -> bool:
+    if accelerator in ("gpu", "cuda", "mps"):
+        return True
+    if accelerator != "auto":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 class TrainerConfig(StrictModel):
     """The Lightning Trainer options users need. ``max_epochs=0``: statistical init only."""
 
@@ -48,6 +58,15 @@ class TrainerConfig(StrictModel):
     check_val_every_n_epoch: int = Field(1, ge=1)
     num_sanity_val_steps: int = Field(0, ge=-1)
     enable_progress_bar: bool = True
+
+    @model_validator(mode="after")
+    def _float16_needs_a_gpu(self) -> TrainerConfig:
+        """Lightning silently swaps float16 autocast for bfloat16 on the CPU; say so instead."""
+        if str(self.precision) in ("16-mixed", "16", "16-true") and not _runs_on_gpu(self.accelerator):
+            raise ValueError(f"precision '{self.precision}' (float16) does not run on the CPU "
+                             f"(accelerator '{self.accelerator}'); use 'bf16-mixed' (bfloat16 autocast) "
+                             "or '32-true'")
+        return self
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``lightning.pytorch.Trainer`` (``None`` values dropped)."""

@@ -20,7 +20,7 @@ from cuvis_graph.names import InvalidNameError
 from cuvis_graph.spec import MAX_SWEEP_JOBS
 from cuvis_graph.yaml_reading import MAX_BYTES, MAX_DEPTH
 
-from .conftest import QUIET, TreeSnapshot, cli
+from .conftest import PIPELINES, QUIET, TreeSnapshot, cli
 
 BASE = """\
 name: base
@@ -228,3 +228,13 @@ def test_name_from_an_unsafe_file_stem_stays_inside_the_runs_dir(tmp_path: Path,
     assert outcome.rc == 0, outcome.err[-2000:]
     snapshot.assert_unchanged(allowed=("runs",))
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["my_pipeline__v2_"]
+
+
+def test_float16_on_the_cpu_is_refused_naming_bf16(tmp_path: Path, workdir: Path, capsys) -> None:
+    """Lightning would swap '16-mixed' for bfloat16 on the CPU without a word; the config says so first."""
+    snapshot = TreeSnapshot(tmp_path)
+    for command in ("validate", "train"):
+        cli([command, PIPELINES / "rx_statistical.yaml", "training.trainer.precision=16-mixed",
+             "training.trainer.accelerator=cpu"], capsys).fails_naming(
+            "training.trainer", "'16-mixed' (float16) does not run on the CPU", "bf16-mixed")
+    snapshot.assert_unchanged()
