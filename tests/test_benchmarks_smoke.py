@@ -19,7 +19,7 @@ def test_run_all_quick_reports_every_benchmark() -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = proc.stdout.split("Summary (", 1)[-1]
     rows = [line.split()[0] for line in summary.splitlines()[3:] if line.strip() and not line.startswith("(")]
-    for label in ("P1", "P2", "P3", "P4", "P5", "P6"):
+    for label in ("P1", "P2", "P3", "P4", "P5", "P6", "REF"):
         assert label in rows, f"{label} missing from the summary:\n{summary}"
     assert "FAILED" not in summary
 
