@@ -110,6 +110,14 @@ class RXGlobal(Node):
     factorised by Cholesky, ``L L^T``, and the score is ``||W (x - mu)||^2`` with the
     lower-triangular ``W = L^{-1}``, computed in float64.
 
+    Precision of the score: inference (no gradients) scores in float64. Training with frozen
+    statistics runs in the input dtype when it is float32: ``W`` (float64 Cholesky, once per
+    change of statistics) is cached as float32 and ``mu`` split into a float32 part and a
+    remainder folded into the GEMM, so scores stay within ~1e-6 relative of float64 at any data
+    scale, at about half the cost. Trainable statistics (below) run in float64: ``D`` and ``d``
+    are float64 parameters whose factor ``(I + tril(D)) W`` changes every step (nothing to
+    cache), and the float64 path keeps the learned inverse covariance as accurate as the fit.
+
     Trainable (``trainable_stats=True``): the fitted ``W`` and ``mu`` stay as buffers and
     two parameters, initialised at zero, refine them in whitened units::
 
