@@ -88,13 +88,19 @@ class SchedulerConfig(StrictModel):
     """Learning-rate schedule.
 
     * ``cosine``: linear warmup over ``warmup_epochs`` from ``lr * warmup_start_factor``,
-      then cosine decay to ``min_lr`` at ``max_epochs``.
+      then cosine decay to ``min_lr`` at ``max_epochs`` (one update per epoch). With
+      ``warmup_steps`` instead, the schedule updates every optimizer step: for step ``s``
+      of ``S`` (``S`` = the stage's optimizer steps) and ``f0 = warmup_start_factor``,
+      ``lr_s = lr * (f0 + (1 - f0) * s / warmup_steps)`` while ``s < warmup_steps``, then
+      ``min_lr + (lr - min_lr) * (1 + cos(pi * (s - warmup_steps) / (S - warmup_steps))) / 2``.
+      ``warmup_epochs`` and ``warmup_steps`` are exclusive.
     * ``step``: ``lr * gamma ** (epoch // step_size)``.
     * ``plateau``: multiply by ``factor`` when ``monitor`` stalls for ``patience`` epochs.
     """
 
     name: Literal["cosine", "step", "plateau"]
     warmup_epochs: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
     warmup_start_factor: float = Field(0.1, gt=0, le=1)
     min_lr: float = Field(0.0, ge=0)
     step_size: int = Field(10, ge=1)
@@ -103,6 +109,13 @@ class SchedulerConfig(StrictModel):
     patience: int = Field(5, ge=0)
     monitor: str = "val/loss"
     mode: Literal["min", "max"] = "min"
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> SchedulerConfig:
+        if self.warmup_epochs and self.warmup_steps:
+            raise ValueError(f"give either warmup_epochs or warmup_steps, not both (got warmup_epochs="
+                             f"{self.warmup_epochs}, warmup_steps={self.warmup_steps})")
+        return self
 
 
 class CheckpointConfig(StrictModel):
@@ -215,6 +228,9 @@ class TrainingConfig(StrictModel):
     ``stages``: ordered gradient stages after statistical init; empty = one stage named
     ``train`` with ``trainer.max_epochs`` epochs, every node as built, every loss.
     With stages, ``trainer.max_epochs`` is not used (each stage has its own).
+    ``train_metrics``: also compute the metric leaves on the training batches, as the
+    training steps see them (train mode, weights of that step), logged per epoch as
+    ``train/<leaf>/<metric>``; off by default (it costs a metric update per step).
     """
 
     seed: int = 0
@@ -225,6 +241,7 @@ class TrainingConfig(StrictModel):
     callbacks: CallbacksConfig = Field(default_factory=CallbacksConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     stages: list[StageConfig] = Field(default_factory=list)
+    train_metrics: bool = False
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainingConfig:
