@@ -73,14 +73,23 @@ def main() -> None:
         with torch.no_grad():
             rx(cube[None])
 
+    rows64 = cube.reshape(-1, args.bands).double()
+    square = torch.eye(args.bands, dtype=torch.float64, device=device)
+
+    def gemm() -> None:
+        torch.mm(rows64, square)
+
     times = interleaved({"spy": lambda: spectral.rx(scene, background=stats),
                          "predict": lambda: graph.predict(cube),
-                         "forward": node_forward}, args.repeats, device)
+                         "forward": node_forward, "gemm": gemm}, args.repeats, device)
     print(f"  RX scoring of a {args.side}x{args.side}x{args.bands} scene, same mean/covariance, "
           f"repeats={args.repeats}")
     print_times(times, labels={"spy": "spectral.rx (background stats given)",
                                "predict": "graph.predict(scene) (RXGlobal)",
-                               "forward": "RXGlobal.forward alone"})
+                               "forward": "RXGlobal.forward alone",
+                               "gemm": "one float64 GEMM [N, C] x [C, C]"})
+    roofline = ratio_of_medians(times, "forward", "gemm")
+    print(f"  RXGlobal.forward / float64 GEMM of the same shape = {roofline:.2f}   goal <= 1.3")
     speedup = ratio_of_medians(times, "spy", "predict")
     print(f"  speed-up spectral.rx / graph.predict = {speedup:.2f}   (forward alone: "
           f"{ratio_of_medians(times, 'spy', 'forward'):.2f})   goal >= {GOAL}")
@@ -110,12 +119,13 @@ def main() -> None:
     print_times(ptimes, labels={"pca": "TrainablePCA init (graph.train, 0 epochs)",
                                 "sklearn": "sklearn PCA(10).fit (float64)"})
     pca_ratio = ratio_of_medians(ptimes, "pca", "sklearn")
-    print(f"  ratio TrainablePCA init / sklearn fit = {pca_ratio:.2f}   (no goal)")
+    print(f"  ratio TrainablePCA init / sklearn fit = {pca_ratio:.2f}   goal <= 1.0")
     print(f"  agreement: explained variance max rel diff {ev_rel:.1e}; |cos| between components: "
           f"min {cosines.min():.6f}")
     report("P6", "RX scoring speed-up vs spectral.rx (graph.predict)", speedup, f">= {GOAL}", speedup >= GOAL, "x")
+    report("P6", "RX forward / one float64 GEMM", roofline, "<= 1.3", roofline <= 1.3, "x")
     report("P6", "RX scores max rel diff vs spectral.rx", rel, "< 1e-6", rel < 1e-6, fmt=".1e")
-    report("P6", "TrainablePCA init / sklearn PCA fit", pca_ratio, unit="x")
+    report("P6", "TrainablePCA init / sklearn PCA fit", pca_ratio, "<= 1.0", pca_ratio <= 1.0, "x")
     report("P6", "PCA explained variance max rel diff vs sklearn", ev_rel, "< 1e-6", ev_rel < 1e-6, fmt=".1e")
 
 
