@@ -1,12 +1,19 @@
 """The compiled LightningModule: every step runs the plan through the one executor.
 
 * loss: ``L = sum_i w_i * L_i`` over loss leaves; logged as ``<stage>/loss/<leaf>``
-  (weighted) and ``<stage>/loss`` (total); a leaf with a ``last_components`` dict (e.g.
-  ``WeightedMultiLoss``) also gets ``<stage>/loss/<leaf>/<component>``;
+  (weighted) and ``<stage>/loss`` (total), epoch means; a leaf with a ``last_components``
+  dict (e.g. ``WeightedMultiLoss``) also gets ``<stage>/loss/<leaf>/<component>``. The
+  training losses of single steps go out every ``trainer.log_every_n_steps`` steps as
+  ``train/loss_step`` and ``train/loss/<leaf>_step`` (Lightning's ``_step`` suffix);
 * epochs: ``node.on_epoch_start(epoch)`` on every node at each training epoch start
   (e.g. temperature annealing), then a node's ``logged_values()`` dict, if it has one, is
   logged as ``train/<node>/<key>`` (e.g. ``train/selector/temperature``);
-* metrics: torchmetrics states per stage, logged at epoch end as ``<stage>/<leaf>/<name>``;
+* metrics: torchmetrics states per stage, logged at epoch end as ``<stage>/<leaf>/<name>``
+  (``train`` too with ``train_metrics``: the training batches as the steps see them); a
+  test pass logs under ``test_label`` (``test``, or e.g. ``test_best`` for another set of
+  weights);
+* epoch summary: one ``logging`` line per training epoch (``logs/training.log`` of a run)
+  with the epoch's losses and metrics, validation ones when validation ran that epoch;
 * visualizations: first validation batch of every ``log_frequency``-th epoch, rank 0,
   never during the sanity check, sent to the monitors; a failing one is disabled. The
   validation before training logs its figures under stage ``initial``;
@@ -21,6 +28,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -30,7 +38,7 @@ import torch
 from torch import nn
 
 from .config import OptimizerConfig, SchedulerConfig
-from .errors import CuvisGraphError
+from .errors import ConfigError, CuvisGraphError
 from .executor import Executor
 from .fitting import move_batch
 from .leaves import LossNode, MetricNode, VisualizationNode
@@ -40,6 +48,8 @@ from .plan import Plan
 __all__ = ["GraphModule", "TrainingDiverged", "build_optimizer", "build_scheduler"]
 
 STAGES = ("train", "val", "test")
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(CuvisGraphError):
@@ -55,8 +65,10 @@ def build_optimizer(params: list[nn.Parameter], cfg: OptimizerConfig) -> torch.o
                            weight_decay=cfg.weight_decay)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, max_epochs: int) -> dict[str, Any]:
-    """Lightning ``lr_scheduler`` dict (epoch interval) for ``cfg``."""
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, max_epochs: int,
+                    total_steps: float | None = None) -> dict[str, Any]:
+    """Lightning ``lr_scheduler`` dict for ``cfg``: epoch interval, or step interval for a
+    cosine schedule with ``warmup_steps`` (``total_steps``: the optimizer steps of the fit)."""
     if cfg.name == "step":
         sched = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
         return {"scheduler": sched, "interval": "epoch"}
@@ -65,6 +77,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, max_
                                                            patience=cfg.patience, min_lr=cfg.min_lr)
         return {"scheduler": sched, "interval": "epoch", "monitor": cfg.monitor}
     base = optimizer.param_groups[0]["lr"]
+    if cfg.warmup_steps:
+        return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(cfg, base, total_steps)),
+                "interval": "step"}
     warm, total, floor = cfg.warmup_epochs, max(max_epochs, 1), cfg.min_lr / base
 
     def factor(epoch: int) -> float:
@@ -74,6 +89,23 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, max_
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "epoch"}
+
+
+def _warmup_cosine(cfg: SchedulerConfig, base_lr: float, total_steps: float | None) -> Any:
+    """Factor of the base learning rate at optimizer step ``s`` (0-based): linear warm-up over
+    ``warmup_steps`` steps, then cosine decay to ``min_lr`` over the remaining steps."""
+    warm, floor, start = cfg.warmup_steps, cfg.min_lr / base_lr, cfg.warmup_start_factor
+    if total_steps is None or not math.isfinite(total_steps) or warm >= total_steps:
+        raise ConfigError(f"scheduler.warmup_steps={warm} must be below the number of optimizer steps of the "
+                          f"training ({total_steps}: epochs x batches / accumulate_grad_batches)")
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return start + (1 - start) * step / warm
+        progress = min((step - warm) / (total_steps - warm), 1.0)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
 
 
 class GraphModule(pl.LightningModule):
@@ -89,6 +121,7 @@ class GraphModule(pl.LightningModule):
         loss_weights: Mapping[str, float | None] | None = None,
         frozen: set[str] | frozenset[str] = frozenset(),
         epoch_offset: int = 0,
+        train_metrics: bool = False,
     ) -> None:
         super().__init__()
         self.plan = plan
@@ -107,10 +140,14 @@ class GraphModule(pl.LightningModule):
         self.epoch_offset = epoch_offset
         self.metric_bindings = [b for b in plan.leaves if isinstance(b.leaf, MetricNode)]
         self.vis_bindings = [b for b in plan.leaves if isinstance(b.leaf, VisualizationNode)]
+        self.train_metrics = train_metrics
         self.stage_metrics = nn.ModuleDict({
             stage: nn.ModuleDict({b.name: b.leaf.create_metrics() for b in self.metric_bindings})
-            for stage in ("val", "test")
+            for stage in (("fit",) if train_metrics else ()) + ("val", "test")  # "fit": "train" is a Module attribute
         })
+        #: prefix of the keys a test pass logs (``test``; e.g. ``test_best`` for the best weights)
+        self.test_label = "test"
+        self._validated_epoch: int | None = None
         self.disabled_visualizations: set[str] = set()
         #: called once in ``setup("fit")`` with this module (see :mod:`cuvis_graph.training`)
         self.setup_task: Any = None
@@ -155,6 +192,8 @@ class GraphModule(pl.LightningModule):
         if stage == "train" or self._world_size == 1:
             self.log(key, value, on_step=False, on_epoch=True, prog_bar=prog_bar, batch_size=batch_size,
                      sync_dist=self._world_size > 1)
+            if stage == "train":  # this step's value, sent every ``log_every_n_steps`` (rank 0's batch)
+                self.log(f"{key}_step", value, on_step=True, on_epoch=False, batch_size=batch_size)
             return
         acc = self._eval_loss_sums.setdefault(key, torch.zeros(2, dtype=torch.float64, device=value.device))
         acc += torch.stack([value.detach().double() * batch_size, value.new_tensor(batch_size, dtype=torch.float64)])
@@ -176,16 +215,19 @@ class GraphModule(pl.LightningModule):
             output, leaf_batch = self.executor.leaf_inputs(b, batch, outputs)
             b.leaf.update_metrics(self.stage_metrics[stage][b.name], output, leaf_batch)
 
-    def _log_metrics(self, stage: str) -> None:
+    def _log_metrics(self, stage: str, label: str | None = None) -> None:
         for b in self.metric_bindings:
             collection = self.stage_metrics[stage][b.name]
             values = b.leaf.compute_metrics(collection)
             collection.reset()
-            self.log_dict({f"{stage}/{b.name}/{k}": v for k, v in values.items()}, sync_dist=False)
+            self.log_dict({f"{label or stage}/{b.name}/{k}": v for k, v in values.items()}, sync_dist=False)
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
         outputs = self.executor.run(batch)
         loss = self._losses(batch, outputs, "train")
+        if self.train_metrics:
+            with torch.no_grad():
+                self._update_metrics(batch, _detach(outputs, cpu=False), "fit")
         if loss is not None and not self._everywhere(bool(torch.isfinite(loss.detach()).all())):
             parts = ", ".join(f"'{n}'={float(v.float().sum()):.4g}" for n, v in self._last_losses.items()
                               if not bool(torch.isfinite(v).all()))
@@ -235,7 +277,7 @@ class GraphModule(pl.LightningModule):
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         outputs = self.executor.run(batch)
-        self._losses(batch, outputs, "test")
+        self._losses(batch, outputs, self.test_label)
         self._update_metrics(batch, outputs, "test")
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int = 0) -> dict[str, torch.Tensor]:
@@ -262,13 +304,33 @@ class GraphModule(pl.LightningModule):
             for key, value in (values() if values is not None else {}).items():
                 self.log(f"train/{step.name}/{key}", float(value), on_step=False, on_epoch=True, sync_dist=False)
 
+    def on_train_epoch_end(self) -> None:
+        if self.train_metrics:
+            self._log_metrics("fit", "train")
+        trainer = self._trainer
+        if trainer is not None and trainer.is_global_zero:
+            log.info("%s", self._epoch_summary(trainer))
+
+    def _epoch_summary(self, trainer: pl.Trainer) -> str:
+        """``epoch 3/5 (step 24): train/loss=0.21 val/loss=0.18 ...``; validation values only when
+        validation ran in this epoch."""
+        stages = ("train", "val") if self._validated_epoch == self.current_epoch else ("train",)
+        values = {k: float(v) for k, v in trainer.callback_metrics.items()
+                  if k.split("/", 1)[0] in stages and not k.endswith("_step") and v.numel() == 1}
+        epoch = self.epoch_offset + self.current_epoch + 1
+        total = self.epoch_offset + trainer.max_epochs if trainer.max_epochs is not None else "?"
+        text = " ".join(f"{k}={v:.6g}" for k, v in sorted(values.items()))
+        return f"epoch {epoch}/{total} (step {trainer.global_step}): {text or 'nothing logged'}"
+
     def on_validation_epoch_end(self) -> None:
         self._log_exact_losses("val")
         self._log_metrics("val")
+        if self._trainer is not None and not self._trainer.sanity_checking:
+            self._validated_epoch = self.current_epoch
 
     def on_test_epoch_end(self) -> None:
-        self._log_exact_losses("test")
-        self._log_metrics("test")
+        self._log_exact_losses(self.test_label)
+        self._log_metrics("test", self.test_label)
 
     def setup(self, stage: str) -> None:
         """Run the pending ``setup_task`` (statistical init under DDP: every rank, inside the fit)."""
@@ -312,9 +374,10 @@ class GraphModule(pl.LightningModule):
         optimizer = build_optimizer(params, self.optimizer_config)
         if self.scheduler_config is None:
             return optimizer
+        steps = self.trainer.estimated_stepping_batches if self.scheduler_config.warmup_steps else None
         return {"optimizer": optimizer,
-                "lr_scheduler": build_scheduler(optimizer, self.scheduler_config, self.max_epochs_hint)}
+                "lr_scheduler": build_scheduler(optimizer, self.scheduler_config, self.max_epochs_hint, steps)}
 
 
-def _detach(outputs: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
-    return {n: {p: t.detach().cpu() for p, t in ports.items()} for n, ports in outputs.items()}
+def _detach(outputs: dict[str, dict[str, torch.Tensor]], cpu: bool = True) -> dict[str, dict[str, torch.Tensor]]:
+    return {n: {p: t.detach().cpu() if cpu else t.detach() for p, t in ports.items()} for n, ports in outputs.items()}

@@ -58,6 +58,11 @@ class MonitorHub:
         """Parameter histograms, for monitors that implement ``log_histograms``."""
         self._call("log_histograms", dict(tensors), step, optional=True)
 
+    def log_hyperparams(self, params: Mapping[str, Any]) -> None:
+        """The run's resolved configuration (``{"pipeline": ..., "training": ...}``), for
+        monitors that implement ``log_hyperparams`` (TensorBoard hparams, W&B run config)."""
+        self._call("log_hyperparams", dict(params), optional=True)
+
     def attach_run(self, run_dir: Any) -> None:
         """Tell monitors without an explicit folder where the run directory is."""
         self._call("attach_run", run_dir, optional=True)

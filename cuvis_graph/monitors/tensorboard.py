@@ -26,7 +26,9 @@ class TensorBoardMonitor(MonitoringNode):
       with its epoch while validation runs, is rendered at once and written with the step
       of the metrics logged next (that validation's), or the last step seen when the run
       closes first;
-    * parameter histograms under ``params/<name>`` (see ``callbacks.parameter_histograms``).
+    * parameter histograms under ``params/<name>`` (see ``callbacks.parameter_histograms``);
+    * the run's resolved pipeline and training config as hyperparameters: flattened
+      (``training/optimizer/lr``...) in the HPARAMS tab, nested in ``hparams.yaml``.
 
     Args:
         root: folder for the event files. ``None``: ``<run dir>/tensorboard`` when training
@@ -65,6 +67,9 @@ class TensorBoardMonitor(MonitoringNode):
         self._write_pending(step)
         self._last_step = step
         self.logger.log_metrics({k: float(v) for k, v in metrics.items() if k != "epoch"}, step)
+
+    def log_hyperparams(self, params: Mapping[str, Any]) -> None:
+        self.logger.log_hyperparams(dict(params))
 
     def log_artifact(self, artifact: Any, name: str, step: int, stage: str) -> None:
         if hasattr(artifact, "savefig"):

@@ -40,6 +40,9 @@ class WandBMonitor(MonitoringNode):
       one warning and the monitor falls back to offline.
     * ``mode="disabled"``: nothing is written.
 
+    The run's resolved pipeline and training config become the W&B run config
+    (``config["training"]["optimizer"]["lr"]``...).
+
     When the ``wandb`` package is missing, one warning is given and the monitor does
     nothing; training goes on.
     """
@@ -102,6 +105,10 @@ class WandBMonitor(MonitoringNode):
     def log_metrics(self, metrics: Mapping[str, float], step: int, stage: str) -> None:
         if self.logger is not None:
             self.logger.log_metrics({k: float(v) for k, v in metrics.items()}, step)
+
+    def log_hyperparams(self, params: Mapping[str, Any]) -> None:
+        if self.logger is not None:
+            self.logger.log_hyperparams(dict(params))
 
     def log_artifact(self, artifact: Any, name: str, step: int, stage: str) -> None:
         if self.logger is None:
