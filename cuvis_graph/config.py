@@ -46,6 +46,7 @@ class TrainerConfig(StrictModel):
     max_epochs: int = Field(5, ge=0)
     accelerator: str = "auto"
     devices: int | str | list[int] = 1
+    num_nodes: int = Field(1, ge=1)
     strategy: str = "auto"
     precision: str | int = "32-true"
     gradient_clip_val: float | None = Field(None, ge=0)
