@@ -394,12 +394,19 @@ def _override_problem(config: Mapping[str, Any], key: str, allow: Iterable[str])
     return None
 
 
+_HYDRA_OVERRIDE = ("Hydra's own settings (hydra.*) are not used by cuvis-graph: runs go to "
+                   "'--runs-dir DIR' (default runs/), sweeps run with -m")
+
+
 def _prepare_overrides(base: Mapping[str, Any], parsed: list[Any], groups: set[str], source: str,
                        allow: Iterable[str]) -> tuple[list[str], list[str]]:
     """Split into (group overrides, value overrides); value overrides of keys the schema knows
     are forced (``++``) so a pipeline need not spell out every default."""
     group_lines, value_lines, problems = [], [], []
     for o in parsed:
+        if o.key_or_group.split(".")[0].split("/")[0] == "hydra":
+            problems.append(Problem(f"override '{shorten(o.input_line)}'", _HYDRA_OVERRIDE))
+            continue
         if o.is_sweep_override():
             problems.append(Problem(f"override '{o.input_line}'", "sweeps several values; run it with -m/--multirun"))
             continue

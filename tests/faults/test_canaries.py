@@ -114,8 +114,9 @@ def test_hydra_searchpath_override_is_refused(canary: Path, tmp_path: Path, work
     path = tmp_path / "pipeline.yaml"
     path.write_text(BASE)
     snapshot = TreeSnapshot(tmp_path)
-    cli(["validate", path, "hydra.searchpath=[pkg://cg_canary]"], capsys).fails_naming(
-        "override 'hydra.searchpath=[pkg://cg_canary]'", "unknown key 'hydra'")
+    for override in ("hydra.searchpath=[pkg://cg_canary]", "+hydra.searchpath=[pkg://cg_canary]",
+                     "++hydra.searchpath=[pkg://cg_canary]"):
+        cli(["validate", path, override], capsys).fails_naming(f"override '{override}'", "not used by cuvis-graph")
     _assert_no_canary(canary)
     snapshot.assert_unchanged()
 

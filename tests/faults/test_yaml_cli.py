@@ -238,3 +238,14 @@ def test_float16_on_the_cpu_is_refused_naming_bf16(tmp_path: Path, workdir: Path
              "training.trainer.accelerator=cpu"], capsys).fails_naming(
             "training.trainer", "'16-mixed' (float16) does not run on the CPU", "bf16-mixed")
     snapshot.assert_unchanged()
+
+
+@pytest.mark.parametrize("override", ["hydra.run.dir=elsewhere", "+hydra.job.chdir=true", "++hydra.run.dir=elsewhere",
+                                      "~hydra", "hydra/job_logging=disabled"])
+def test_hydra_settings_on_the_command_line_say_what_to_use(override: str, tmp_path: Path, workdir: Path,
+                                                             capsys) -> None:
+    snapshot = TreeSnapshot(tmp_path)
+    for command in ("validate", "train"):
+        cli([command, PIPELINES / "rx_statistical.yaml", override], capsys).fails_naming(
+            f"override '{override}'", "not used by cuvis-graph", "--runs-dir")
+    snapshot.assert_unchanged()
