@@ -7,9 +7,13 @@
       -> one validation (``initial_metrics``)
       -> for each stage: seed + index; freeze / unfreeze; refit named statistical nodes;
          Lightning fit for ``max_epochs``; ``checkpoints/<stage>/final.ckpt``
-      -> ``stage_state.json`` at every transition; ``model/`` (``Graph.save``) at the end,
+      -> ``stage_state.json`` at every transition
+      -> the test split, when the data has one: final weights as ``test/...``, the best
+         checkpoint's as ``test_best/...`` (in ``metrics``, metrics.jsonl, the monitors)
+      -> ``model/`` (``Graph.save``) at the end,
          with the best weights by the checkpoint monitor: the best checkpoint, or the
-         statistical start when its validation was better (run.json ``model_weights``)
+         statistical start when its validation was better (run.json ``model_weights``);
+         the graph in memory keeps its final weights
 
 Without ``training.stages`` there is one stage, ``train``, with ``trainer.max_epochs``
 epochs, every node as built and every loss, checkpointing into ``checkpoints/``.
@@ -42,7 +46,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from . import checkpoints
 from .callbacks import AtomicCheckpointIO, RecordGuard, SafeCallback, build_callbacks
 from .config import StageConfig, TrainingConfig
-from .distributed import RESUME_CKPT_ENV, RESUMING_ENV, RUN_DIR_ENV, shard_batches
+from .distributed import (
+    RESUME_CKPT_ENV,
+    RESUMING_ENV,
+    RUN_DIR_ENV,
+    distributed_trainer_kwargs,
+    shard_batches,
+    worker_rank,
+)
 from .errors import ConfigError, Problem, did_you_mean
 from .fitting import FitReport, fit_statistics
 from .leaves import LossNode
@@ -51,14 +62,14 @@ from .monitors.file import FileMonitor
 from .monitors.hub import MonitorHub, MonitorLogger
 from .plan import Plan
 from .results import TrainResult
-from .runs import RunRecordError
+from .runs import RunRecordError, pipeline_summary
 from .stage_state import StageState
 
 if TYPE_CHECKING:
     from .graph import Graph
     from .runs import Run, RunSession
 
-__all__ = ["train_graph", "check_stages", "stage_problems", "load_checkpoint"]
+__all__ = ["train_graph", "evaluate_graph", "check_stages", "stage_problems", "load_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +171,8 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
         datamodule.setup("fit")
     plan = graph.compile(datamodule, for_training=config.trains)
     graph.data_spec = datamodule.data_spec() if hasattr(datamodule, "data_spec") else None
-    kwargs = config.trainer.trainer_kwargs()
-    distributed = _world_size(kwargs) > 1
+    kwargs, world = distributed_trainer_kwargs(config.trainer.trainer_kwargs())
+    distributed = world > 1
     if distributed and writes:  # ranks 1..N-1 re-run the script: tell them which run to join
         os.environ[RUN_DIR_ENV] = str(run.path)
         os.environ[RESUMING_ENV] = "1" if run.resuming else "0"
@@ -175,7 +186,11 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
     if writes:
         session.hub = hub
         hub.attach_run(run.path)
-    module = GraphModule(plan, config.optimizer, config.scheduler, hub, max_epochs=config.trainer.max_epochs)
+    if worker_rank() == 0:  # the resolved config, as the run's config.yaml holds it
+        hub.log_hyperparams({"pipeline": session.pipeline if writes and session.pipeline else pipeline_summary(graph),
+                             "training": config.model_dump(mode="json")})
+    module = GraphModule(plan, config.optimizer, config.scheduler, hub, max_epochs=config.trainer.max_epochs,
+                         train_metrics=config.train_metrics)
 
     restore = _restore_point(run, state, config)
     if writes and restore is None and len(run.record["attempts"]) > 1:
@@ -183,6 +198,8 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
     if restore is not None:  # fitted statistics come from the checkpoint: fitting below skips fitted nodes
         module.load_state_dict(load_checkpoint(restore)["state_dict"])
     loader = getattr(datamodule, "statistics_dataloader", datamodule.train_dataloader)
+    if distributed and restore is None:  # before Lightning starts the other processes
+        _check_batches_per_process(_length(loader()), world, getattr(datamodule, "batch_size", None))
     progress = config.trainer.enable_progress_bar
     fits: list[FitReport] = []
     root = str(run.path / "lightning") if run is not None else "runs/lightning"
@@ -235,6 +252,8 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
                 metrics, best = outcome.metrics, outcome.best if outcome.trained else best
             state.complete(stage.name, steps=outcome.steps, epochs=outcome.epochs, checkpoint=outcome.checkpoint,
                            best=best, metrics=metrics)
+        metrics = {**metrics, **_test_phase(plan, datamodule, kwargs, hub, state.offsets()[0], root, run, best)}
+        check_record()
     finally:
         hub.close()
         trainability.restore()
@@ -243,13 +262,18 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
     fit = fits[0] if fits else FitReport()
     steps_total, epochs_total = state.offsets()
     model_dir, model_error = None, None
-    shipped = _ship_best_weights(plan, run, best, initial, initial_state) if run is not None else None
-    if writes:  # the trained graph, ready for `cuvis-graph predict` / `Graph.load`
+    shipped = None
+    if writes:  # the trained graph with its best weights, ready for `cuvis-graph predict` / `Graph.load`
+        shipped, states = _best_weights(plan, run, None if config.stages else best, initial, initial_state)
+        final = _node_states(plan) if states is not None else None
         try:
+            _load_node_states(plan, states)
             model_dir = graph.save(run.path / "model")
         except Exception as exc:  # noqa: BLE001 - e.g. an unregistered node type: noted, never fatal
             model_error = f"{type(exc).__name__}: {exc}"
             log.warning("the trained graph was not saved to %s: %s", run.path / "model", model_error)
+        finally:  # the graph in memory keeps its final weights (training can go on from them)
+            _load_node_states(plan, final)
     if session is not None:
         session.finish(metrics, initial, best=best, fit_passes=fit.passes, epochs=epochs_total,
                        global_step=steps_total, completed_stages=state.completed,
@@ -267,6 +291,66 @@ def _validate(module: GraphModule, datamodule: Any, trainer_kwargs: Mapping[str,
     trainer = pl.Trainer(**{**trainer_kwargs, "max_epochs": 1}, logger=MonitorLogger(hub, step),
                          enable_checkpointing=False, enable_model_summary=False, default_root_dir=root)
     return _floats(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
+
+
+def _test_phase(plan: Plan, datamodule: Any, trainer_kwargs: Mapping[str, Any], hub: MonitorHub, step: int,
+                root: str, run: Any, best: Mapping[str, Any] | None) -> dict[str, float]:
+    """The test split, once, after the last stage: the final weights as ``test/...`` and, when
+    the checkpoint monitor chose a best checkpoint, its weights as ``test_best/...`` (the final
+    weights are back in the graph afterwards). ``{}`` without test data or leaves to evaluate."""
+    module = GraphModule(plan, hub=hub)
+    if not (module.metric_bindings or module.loss_bindings) or not _has_batches(datamodule, "test_dataloader"):
+        return {}
+    results = _test(module, datamodule, trainer_kwargs, hub, step, root)
+    path = run.path / best["checkpoint"] if run is not None and best and best.get("checkpoint") else None
+    if path is not None and path.is_file():
+        final = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        module.load_state_dict(load_checkpoint(path)["state_dict"])
+        module.test_label = "test_best"
+        results.update(_test(module, datamodule, trainer_kwargs, hub, step, root))
+        module.load_state_dict(final)
+    return results
+
+
+def _test(module: GraphModule, datamodule: Any, trainer_kwargs: Mapping[str, Any], hub: MonitorHub | None,
+          step: int, root: str | None, loader: Any = None) -> dict[str, float]:
+    """One test pass (keys ``<module.test_label>/...``); ``loader`` replaces the test split."""
+    trainer = pl.Trainer(**{**trainer_kwargs, "max_epochs": 1},
+                         logger=MonitorLogger(hub, step) if hub is not None else False,
+                         enable_checkpointing=False, enable_model_summary=False, default_root_dir=root)
+    if loader is not None:
+        return _floats(trainer.test(module, dataloaders=loader, verbose=False)[0])
+    return _floats(trainer.test(module, datamodule=datamodule, verbose=False)[0])
+
+
+def evaluate_graph(graph: Graph, datamodule: Any, split: str = "auto", *, accelerator: str = "auto",
+                   precision: str | int = "32-true") -> dict[str, float]:
+    """Losses and metric leaves of a (trained) graph on one split of ``datamodule``, as the
+    end of training computes them: ``split`` ``"test"``, ``"val"``, or ``"auto"`` (the test
+    split when there is one, else the validation split). Keys ``<split>/<leaf>/<metric>``,
+    ``<split>/loss``..."""
+    if hasattr(datamodule, "prepare_data"):
+        datamodule.prepare_data()
+    if hasattr(datamodule, "setup"):
+        datamodule.setup("test")
+    if split == "auto":
+        split = "test" if _has_batches(datamodule, "test_dataloader") else "val"
+    if split not in ("test", "val"):
+        raise ConfigError(f"split must be 'test', 'val' or 'auto', got {split!r}")
+    if not _has_batches(datamodule, f"{split}_dataloader"):
+        raise ConfigError(f"{type(datamodule).__name__} has no {'test or validation' if split == 'val' else split} "
+                          "data to evaluate")
+    module = GraphModule(graph.compile(datamodule))
+    if not (module.metric_bindings or module.loss_bindings):
+        raise ConfigError(f"graph '{graph.name}' has no metric or loss leaves to evaluate")
+    module.test_label = split
+    kwargs = {"accelerator": accelerator, "precision": precision, "devices": 1, "enable_progress_bar": False}
+    loader = getattr(datamodule, f"{split}_dataloader")()
+    try:
+        return _test(module, datamodule, kwargs, None, 0, None, loader=loader)
+    finally:
+        for step in module.plan.steps:
+            step.node.eval()
 
 
 @dataclass
@@ -313,12 +397,15 @@ class _StageRunner:
         frozen, names = self._start(index, stage, resume_ckpt, step_offset, epoch_offset)
         module = GraphModule(self.plan, stage.optimizer or config.optimizer, stage.scheduler or config.scheduler,
                              self.hub, max_epochs=stage.max_epochs, loss_weights=stage.loss_weights(),
-                             frozen=frozen, epoch_offset=epoch_offset)
+                             frozen=frozen, epoch_offset=epoch_offset, train_metrics=config.train_metrics)
         module.disabled_visualizations = self.disabled_visualizations  # a failure stays disabled
         state.info(stage.name)["losses"] = dict(module.loss_weights) if stage.max_epochs else {}
         if self.distributed and names:
+            def after_refit() -> None:  # the refit may have created parameters: check them now
+                self._check_trainable(index, stage, module, self.trainability.apply(stage))
+
             module.setup_task = _statistics_task(self.plan, self.loader, names, self.progress, self.fits,
-                                                 after=lambda: self.trainability.apply(stage), modes=frozen)
+                                                 after=after_refit, modes=frozen)
         outcome = _StageOutcome()
         if stage.max_epochs > 0 or module.setup_task is not None:
             self._fit(index, stage, module, frozen, ckpt_dir, resume_ckpt, step_offset, outcome)
@@ -352,10 +439,8 @@ class _StageRunner:
     def _fit(self, index: int, stage: StageConfig, module: GraphModule, frozen: frozenset[str], ckpt_dir: Any,
              resume_ckpt: Any, step_offset: int, outcome: _StageOutcome) -> None:
         config = self.config
-        if config.stages and stage.max_epochs > 0 and not self.distributed \
-                and not any(p.requires_grad for p in module.parameters()):
-            raise ConfigError(f"training.stages.{index} ('{stage.name}'): no node has trainable parameters "
-                              f"(frozen: {sorted(frozen)})")
+        if module.setup_task is None:  # (a DDP refit checks after it ran, inside the fit)
+            self._check_trainable(index, stage, module, frozen)
         cbs = build_callbacks(config, self.hub, ckpt_dir if stage.max_epochs else None, has_val=self.has_val,
                               has_loss=bool(module.loss_bindings), step_offset=step_offset,
                               run_config=self.run.path / "config.yaml" if self.run is not None else None)
@@ -374,6 +459,11 @@ class _StageRunner:
         if stage.max_epochs > 0:
             outcome.metrics, outcome.trained = _floats(trainer.callback_metrics), True
             outcome.best = _best(checkpoint, self.run.path) if self.run is not None else None
+
+    def _check_trainable(self, index: int, stage: StageConfig, module: GraphModule, frozen: frozenset[str]) -> None:
+        if self.config.stages and stage.max_epochs > 0 and not any(p.requires_grad for p in module.parameters()):
+            raise ConfigError(f"training.stages.{index} ('{stage.name}'): no node has trainable parameters "
+                              f"(frozen: {sorted(frozen)})")
 
     def _final_checkpoint(self, stage: StageConfig, module: GraphModule, ckpt_dir: Any, steps: int) -> str | None:
         """Run-relative path of the stage's end state (written by the process that owns the run)."""
@@ -432,10 +522,7 @@ def _statistics_task(plan: Plan, loader: Any, refit: bool | Sequence[str], progr
     def task(module: GraphModule) -> None:
         trainer = module.trainer
         rank, world = trainer.global_rank, trainer.world_size
-        n_batches = _length(loader())
-        if n_batches is not None and n_batches < world:
-            raise ConfigError(f"statistical init with {world} processes needs at least {world} training batches "
-                              f"(one per process); the training loader has {n_batches}")
+        _check_batches_per_process(_length(loader()), world)
         device = trainer.strategy.root_device
         for s in plan.steps:
             s.node.to(device)
@@ -454,18 +541,20 @@ def _statistics_task(plan: Plan, loader: Any, refit: bool | Sequence[str], progr
     return task
 
 
+def _check_batches_per_process(n_batches: int | None, world: int, batch_size: Any = None) -> None:
+    """Statistics under DDP: each of the ``world`` processes streams its own batches (at least one)."""
+    if n_batches is not None and n_batches < world:
+        size = f" of batch_size={batch_size}" if batch_size else ""
+        raise ConfigError(f"statistical init with {world} processes needs at least {world} training batches "
+                          f"(one per process); the training loader has {n_batches}{size}: use more training "
+                          "data, a smaller batch size or fewer processes (training.trainer.devices x num_nodes)")
+
+
 def _length(loader: Any) -> int | None:
     try:
         return len(loader)
     except TypeError:
         return None
-
-
-def _world_size(trainer_kwargs: Mapping[str, Any]) -> int:
-    """How many processes a Trainer with these options trains with (builds one, starts nothing)."""
-    probe = pl.Trainer(**{**trainer_kwargs, "enable_progress_bar": False}, logger=False,
-                       enable_checkpointing=False, enable_model_summary=False)
-    return probe.world_size
 
 
 def _restore_point(run: Any, state: StageState, config: TrainingConfig) -> Any:
@@ -543,19 +632,26 @@ def _node_states(plan: Plan) -> dict[str, dict[str, torch.Tensor]]:
     return {s.name: {k: v.detach().clone() for k, v in s.node.state_dict().items()} for s in plan.steps}
 
 
-def _ship_best_weights(plan: Plan, run: Any, best: Mapping[str, Any] | None, initial: Mapping[str, float],
-                       initial_state: dict[str, dict[str, torch.Tensor]] | None) -> dict[str, Any] | None:
-    """Put the best weights of the run into the graph, so that ``<run>/model`` is never worse
-    than the run's own start; returns what run.json records as ``model_weights``.
+def _load_node_states(plan: Plan, states: dict[str, dict[str, torch.Tensor]] | None) -> None:
+    for s in plan.steps if states is not None else []:
+        device = next(iter(s.node.state_dict().values()), torch.empty(0)).device
+        s.node.load_state_dict({k: v.to(device) for k, v in states[s.name].items()})
 
-    Candidates, with a checkpoint monitor set: the best checkpoint of the last trained stage
-    and, when ``initial_metrics`` (the validation right after statistical init, before any
-    gradient step) has the monitored value, the initial weights. The better by the monitor's
-    ``mode`` wins (a tie keeps the trained one; a non-finite score never wins). Without a
-    monitor the final weights are shipped.
+
+def _best_weights(plan: Plan, run: Any, best: Mapping[str, Any] | None, initial: Mapping[str, float],
+                  initial_state: dict[str, dict[str, torch.Tensor]] | None
+                  ) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]] | None]:
+    """The weights ``<run>/model`` ships, so that it is never worse than the run's own start:
+    ``(run.json "model_weights", node states or None for the final weights)``.
+
+    Candidates, with a checkpoint monitor set (single-stage runs; a staged run ships its
+    final weights): the best checkpoint and, when ``initial_metrics`` (the validation right
+    after statistical init, before any gradient step) has the monitored value, the initial
+    weights (held in memory: a resumed run compares its best checkpoint only). The better
+    by the monitor's ``mode`` wins (a tie keeps the trained one; a non-finite score never wins).
     """
     if not best or not best.get("monitor") or not best.get("checkpoint"):
-        return {"source": "final"}
+        return {"source": "final"}, None
     monitor, mode, score = best["monitor"], best.get("mode", "min"), best.get("score")
     start = initial.get(monitor) if initial_state is not None else None
     start = start if start is not None and math.isfinite(start) else None
@@ -569,15 +665,12 @@ def _ship_best_weights(plan: Plan, run: Any, best: Mapping[str, Any] | None, ini
         path = run.path / best["checkpoint"]
         if not path.is_file():
             log.warning("best checkpoint %s is missing: the final weights are the run's model", path)
-            return {"source": "final"}
+            return {"source": "final"}, None
         saved = load_checkpoint(path)["state_dict"]
         states = {s.name: {k[len(f"graph_nodes.{s.name}."):]: v for k, v in saved.items()
                            if k.startswith(f"graph_nodes.{s.name}.")} for s in plan.steps}
         source = {"source": "best", "checkpoint": best["checkpoint"], "monitor": monitor, "score": score}
-    for s in plan.steps:
-        device = next(iter(s.node.state_dict().values()), torch.empty(0)).device
-        s.node.load_state_dict({k: v.to(device) for k, v in states[s.name].items()})
-    return source
+    return source, states
 
 
 def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:

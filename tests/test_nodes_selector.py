@@ -62,11 +62,10 @@ def test_temperature_follows_the_schedule_every_epoch() -> None:
 def test_temperature_floor() -> None:
     graph, sel = selector_graph(temperature_init=2.0, temperature_decay=0.1, temperature_min=0.25)
     graph.train(synthetic(), config(3))
-    # the graph holds the shipped (best) weights: those of epoch 1 or 2, both at the floor
-    assert sel.temperature == 0.25 and int(sel.annealing_epoch) in (1, 2)
+    assert sel.temperature == 0.25
     restored = SoftChannelSelector(n_select=4, temperature_init=2.0, temperature_decay=0.1, temperature_min=0.25)
     restored.load_state_dict(sel.state_dict())
-    assert restored.temperature == 0.25 and int(restored.annealing_epoch) == int(sel.annealing_epoch)
+    assert restored.temperature == 0.25 and int(restored.annealing_epoch) == 2
 
 
 def test_hard_selects_exactly_n_select_channels_at_eval() -> None:
