@@ -7,6 +7,7 @@
     cuvis-graph validate PIPELINE.yaml [OVERRIDES...]
     cuvis-graph show     PIPELINE.yaml [OVERRIDES...] [--format text|mermaid|png] [-o FILE]
     cuvis-graph nodes    [--markdown] [-o FILE]
+    cuvis-graph test     RUN_OR_MODEL [DATA OVERRIDES...] [--split auto|test|val] [-o FILE]
     cuvis-graph predict  MODEL_DIR INPUT... --out DIR [--threshold X]
     cuvis-graph export   MODEL_DIR --format onnx [-o FILE]
 
@@ -25,6 +26,7 @@ Errors exit with status 1 and one message naming the place (YAML path, node, ove
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import traceback
@@ -236,6 +238,73 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _test_data_config(args: argparse.Namespace, run: Path | None, model: Path) -> tuple[dict[str, Any], str]:
+    """The pipeline mapping ``build_pipeline`` turns into the test datamodule: the saved model's
+    nodes and leaves, with the ``data`` section of the run's ``pipeline.yaml`` (else the default
+    data), a config group ``data=NAME`` from ``--config-dir``, then the other data overrides."""
+    from .spec import load_config, read_pipeline_file
+
+    config = read_pipeline_file(model / "pipeline.yaml")
+    config.pop("data", None)
+    source = "the default data"
+    if run is not None and (run / "pipeline.yaml").is_file():
+        data = read_pipeline_file(run / "pipeline.yaml").get("data")
+        if data:
+            config["data"], source = data, f"the data of {run / 'pipeline.yaml'}"
+    overrides = []
+    for item in args.overrides:
+        key, _, value = item.partition("=")
+        if key.lstrip("+~").split(".")[0] != "data":
+            raise CuvisGraphError(f"test: override '{item}' is not a data override (data.params.KEY=VALUE, "
+                                  "data=GROUP); the model's nodes and leaves are evaluated as saved")
+        if key == "data" and value:
+            folder = Path(args.config_dir or "pipelines")
+            group = folder / "data" / f"{value}.yaml"
+            if not group.is_file():
+                raise CuvisGraphError(f"test: {item}: no config group file {group} (set --config-dir to the folder "
+                                      "holding data/)")
+            config["data"], source = read_pipeline_file(group), f"config group {group}"
+        else:
+            overrides.append(item)
+    composed, _ = load_config(config, overrides, args.allow_module or [])
+    return composed, source + (f" with {' '.join(overrides)}" if overrides else "")
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    """Evaluate a trained graph's losses and metric leaves on labelled data."""
+    from .graph import quiet_lightning
+    from .saving import load_graph
+    from .spec import build_pipeline
+    from .training import evaluate_graph
+
+    target = Path(args.target)
+    run = target if (target / "run.json").is_file() else (target.parent if (target.parent / "run.json").is_file()
+                                                           else None)
+    model = target / "model" if run == target else target
+    if not (model / "pipeline.yaml").is_file():
+        raise CuvisGraphError(f"test: {target} is neither a run folder with model/ nor a saved model "
+                              "(pipeline.yaml, weights.safetensors)")
+    graph = load_graph(model, allow_modules=args.allow_module or [])
+    config, source = _test_data_config(args, run, model)
+    datamodule = build_pipeline(config, str(model / "pipeline.yaml"), args.allow_module or [],
+                                check=False).datamodule
+    quiet_lightning()
+    metrics = evaluate_graph(graph, datamodule, args.split)
+    split = next(iter(metrics)).split("/", 1)[0] if metrics else args.split
+    _out(f"model: {model}")
+    _out(f"data: {type(datamodule).__name__} from {source}; split '{split}'"
+         + (" (the data has no test split)" if split == "val" and args.split == "auto" else ""))
+    _out("metrics:")
+    _out(_format_metrics(metrics))
+    if args.output:
+        from .runs import atomic_write_json
+
+        finite = {k: v if math.isfinite(v) else None for k, v in metrics.items()}
+        atomic_write_json(args.output, {"model": str(model), "split": split, "metrics": finite})
+        _out(f"wrote {args.output}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx_report
     from .saving import load_graph
@@ -309,6 +378,31 @@ def build_parser() -> argparse.ArgumentParser:
     nodes.add_argument("--markdown", action="store_true", help="Markdown instead of plain text")
     nodes.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     nodes.set_defaults(func=cmd_nodes)
+
+    test = sub.add_parser("test", parents=[common], help="evaluate a trained graph's metrics on labelled data",
+                          description="Load a trained graph (a run folder: its model/; or a model folder) and\n"
+                                      "evaluate its loss and metric leaves on the test split of the data, or on\n"
+                                      "the validation split when there is no test split (the output says which).\n"
+                                      "The data are the run's own (its pipeline.yaml), else the default synthetic\n"
+                                      "scenes, changed by data overrides as in 'train'. The numbers are those the\n"
+                                      "end of training records in run.json for the same weights (test_best/... for\n"
+                                      "the best checkpoint the run ships as model/, test/... for final weights).",
+                          epilog="examples:\n  cuvis-graph test runs/selector_rx_bce/20250101_120000_000\n"
+                                 "  cuvis-graph test runs/selector_rx_bce/20250101_120000_000 data.params.n_test=8\n"
+                                 "  cuvis-graph test model/ data=abu_mat data.params.path=scene.mat",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    test.add_argument("target", metavar="RUN_OR_MODEL", help="a run folder or a folder written by graph.save()")
+    test.add_argument("overrides", nargs="*", metavar="OVERRIDE",
+                      help="data overrides: data.params.KEY=VALUE, data=GROUP (a file GROUP.yaml in "
+                           "<config-dir>/data/)")
+    test.add_argument("--split", choices=("auto", "test", "val"), default="auto",
+                      help="which split to evaluate (default auto: test, else val)")
+    test.add_argument("-o", "--output", metavar="FILE", help="also write the metrics (full precision) as JSON")
+    test.add_argument("--config-dir", metavar="DIR", help="folder holding the config groups for data=GROUP "
+                                                          "(default: ./pipelines)")
+    test.add_argument("--allow-module", action="append", metavar="MODULE",
+                      help="allow '_target_' classes from MODULE (and its submodules); repeatable")
+    test.set_defaults(func=cmd_test)
 
     predict = sub.add_parser("predict", parents=[common], help="score cube files with a saved model",
                              description="Load a model saved with graph.save(DIR) and score every input\n"

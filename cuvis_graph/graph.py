@@ -262,6 +262,18 @@ class Graph:
         with RunSession(run, config.model_dump(mode="json"), pipeline_spec or pipeline_summary(self)) as session:
             return train_graph(self, datamodule, config, callbacks, refit, session)
 
+    def test(self, datamodule: Any, split: Literal["auto", "test", "val"] = "auto", *, accelerator: str = "auto",
+             precision: str | int = "32-true") -> dict[str, float]:
+        """Evaluate the graph as it is (e.g. trained, or loaded with :meth:`load`) on one split
+        of ``datamodule``: its loss and metric leaves, dataset-level, with the same code as the
+        test at the end of :meth:`train`. ``split="auto"``: the test split, or the validation
+        split when there is none. Returns ``{"<split>/<leaf>/<metric>": value, "<split>/loss": ...}``.
+        """
+        from .training import evaluate_graph
+
+        quiet_lightning()
+        return evaluate_graph(self, datamodule, split, accelerator=accelerator, precision=precision)
+
     # -- save / load / export (see cuvis_graph.saving, cuvis_graph.export) ---------------------
     def save(self, path: str | os.PathLike) -> Any:
         """Write ``pipeline.yaml``, ``weights.safetensors`` and ``meta.json`` into ``path``."""

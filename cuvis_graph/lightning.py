@@ -312,7 +312,7 @@ class GraphModule(pl.LightningModule):
             log.info("%s", self._epoch_summary(trainer))
 
     def _epoch_summary(self, trainer: pl.Trainer) -> str:
-        """``epoch 3/5 (step 24): train/loss=0.21 val/loss=0.18 ...``; validation values only when
+        """``epoch 3/5 (24 steps): train/loss=0.21 val/loss=0.18 ...``; validation values only when
         validation ran in this epoch."""
         stages = ("train", "val") if self._validated_epoch == self.current_epoch else ("train",)
         values = {k: float(v) for k, v in trainer.callback_metrics.items()
@@ -320,7 +320,7 @@ class GraphModule(pl.LightningModule):
         epoch = self.epoch_offset + self.current_epoch + 1
         total = self.epoch_offset + trainer.max_epochs if trainer.max_epochs is not None else "?"
         text = " ".join(f"{k}={v:.6g}" for k, v in sorted(values.items()))
-        return f"epoch {epoch}/{total} (step {trainer.global_step}): {text or 'nothing logged'}"
+        return f"epoch {epoch}/{total} ({trainer.global_step} steps): {text or 'nothing logged'}"
 
     def on_validation_epoch_end(self) -> None:
         self._log_exact_losses("val")
