@@ -1,14 +1,19 @@
-"""Run by ``tests/test_ddp.py`` as ``python ddp_script.py OUT_DIR DEVICES``.
+"""Run by ``tests/test_ddp.py`` as ``python ddp_script.py OUT_DIR DEVICES [MODE]``.
 
 Trains MinMax -> PCA -> RX -> logit head (BCE + detection metrics) in two stages
 (statistics only, then one gradient epoch) with DEVICES CPU processes (gloo). Lightning
 starts ranks 1.. by running this script again; rank 0 saves the trained graph to
 ``OUT_DIR/model`` and the final metrics to ``OUT_DIR/result.json``.
+
+MODE ``nodes``: one process of a 2-node run started by hand (``NODE_RANK``, ``MASTER_ADDR``,
+``MASTER_PORT``, ``WORLD_SIZE`` and ``CUVIS_GRAPH_DDP_RUN_DIR`` in the environment), with a
+``frozen`` stage between the two (every node frozen, RX and the head refitted, 0 epochs).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -50,13 +55,17 @@ def build_graph() -> Graph:
     return graph
 
 
-def config(devices: int, epochs: int = 1) -> TrainingConfig:
-    trainer = {"accelerator": "cpu", "devices": devices, "enable_progress_bar": False}
-    if devices > 1:
+FROZEN_STAGE = {"name": "frozen", "max_epochs": 0, "trainable": [], "refit": ["rx", "head"]}
+
+
+def config(devices: int, epochs: int = 1, num_nodes: int = 1, frozen_stage: bool = False) -> TrainingConfig:
+    trainer = {"accelerator": "cpu", "devices": devices, "num_nodes": num_nodes, "enable_progress_bar": False}
+    if devices * num_nodes > 1:
         trainer["strategy"] = "ddp"
-    return TrainingConfig.model_validate({
-        "seed": 11, "trainer": trainer, "optimizer": {"lr": 0.01},
-        "stages": [{"name": "statistics", "max_epochs": 0}, {"name": "train", "max_epochs": epochs}]})
+    stages = [{"name": "statistics", "max_epochs": 0}] + [FROZEN_STAGE] * frozen_stage + \
+        [{"name": "train", "max_epochs": epochs}]
+    return TrainingConfig.model_validate({"seed": 11, "trainer": trainer, "optimizer": {"lr": 0.01},
+                                          "stages": stages})
 
 
 def plain_config(devices: int, epochs: int) -> TrainingConfig:
@@ -69,10 +78,13 @@ def plain_config(devices: int, epochs: int) -> TrainingConfig:
 
 if __name__ == "__main__":
     out, devices = Path(sys.argv[1]), int(sys.argv[2])
-    mode = sys.argv[3] if len(sys.argv) > 3 else "stages"  # stages | plain:<epochs> | resume:<epochs>
+    mode = sys.argv[3] if len(sys.argv) > 3 else "stages"  # stages | nodes | plain:<epochs> | resume:<epochs>
     graph = build_graph()
     if mode == "stages":
         result = graph.train(datamodule(), config(devices))
+    elif mode == "nodes":  # every node names the same run directory; rank 0 writes it, the others join it
+        result = graph.train(datamodule(), config(devices, num_nodes=2, frozen_stage=True),
+                             run_dir=os.environ["CUVIS_GRAPH_DDP_RUN_DIR"])
     else:
         kind, epochs = mode.split(":")
         where = {"resume": out / "run"} if kind == "resume" else {"run_dir": out / "run"}
