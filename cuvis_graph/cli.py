@@ -34,6 +34,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .distributed import RUN_DIR_ENV, worker_rank
 from .errors import CuvisGraphError
 
@@ -148,6 +150,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     jobs = expand_sweeps(args.overrides, args.pipeline) if args.multirun else [list(args.overrides)]
     # validate every job before anything is written
     pipelines = [_load(args, job) for job in jobs]
+    if args.resume:
+        jobs, pipelines = _as_started(args, jobs[0], pipelines[0])
     if args.multirun:
         _out(f"multirun: {len(jobs)} job(s)")
     results = []
@@ -163,6 +167,33 @@ def cmd_train(args: argparse.Namespace) -> int:
             extra = f"  {key}={metrics[key]:.6g}" if key else ""
             _out(f"  {run_dir}  {' '.join(job)}{extra}")
     return 0
+
+
+def _override_key(line: str) -> str:
+    return line.split("=", 1)[0].lstrip("+~").removeprefix("training.")
+
+
+def _as_started(args: argparse.Namespace, overrides: list[str], pipeline: Any) -> tuple[list[list[str]], list[Any]]:
+    """A resumed run continues with the overrides it was started with: the run's recorded
+    overrides, then those given now (a key given again replaces its recorded value; the
+    resume then refuses any change but attempt-level ones such as max_epochs, naming it)."""
+    from .runs import resume_target
+
+    run = resume_target(pipeline.name, args.runs_dir or pipeline.training.run.root, args.resume)
+    if run is None:
+        return [overrides], [pipeline]
+    try:
+        recorded = (yaml.safe_load((run.path / "config.yaml").read_text(encoding="utf-8")) or {}).get(
+            "pipeline", {}).get("overrides") or []
+    except (OSError, yaml.YAMLError, AttributeError):
+        recorded = []  # the resume's own checks name an unreadable config.yaml
+    given = {_override_key(o) for o in overrides}
+    kept = [str(o) for o in recorded if _override_key(str(o)) not in given]
+    if not kept:
+        return [overrides], [pipeline]
+    _out(f"resuming run {run.path} with its recorded overrides: {' '.join(kept)}")
+    effective = kept + list(overrides)
+    return [effective], [_load(args, effective)]
 
 
 def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) -> tuple[Path, dict[str, float]]:

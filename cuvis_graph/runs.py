@@ -59,6 +59,7 @@ __all__ = [
     "ResumeError",
     "Terminated",
     "open_run",
+    "resume_target",
     "find_latest_run",
     "atomic_write",
     "atomic_write_text",
@@ -417,18 +418,28 @@ def open_run(pipeline: str, *, root: str | os.PathLike = "runs", run_dir: str | 
     Resume requests that name no run are refused (:class:`ResumeError`), writing nothing.
     """
     root = Path(root)
-    if resume is not None and str(resume) != "auto":
-        return _resume_run(Path(resume), pipeline)
     if resume is not None:
-        target = Path(run_dir) if run_dir is not None else find_latest_run(root, pipeline)
-        if target is not None and (target / "run.json").is_file():
-            return _resume_run(target, pipeline)
+        run = resume_target(pipeline, root, resume, run_dir)
+        if run is not None:
+            return run
         log.warning("resume=auto: no checkpoint found for %s under %s; starting a fresh run", pipeline, root)
     if run_dir is not None:
         path = Path(run_dir)
         _make_dir(path, path.parent)
         return Run(path, pipeline)
     return Run(_new_run_dir(root, pipeline), pipeline)
+
+
+def resume_target(pipeline: str, root: str | os.PathLike, resume: str | os.PathLike,
+                  run_dir: str | os.PathLike | None = None) -> Run | None:
+    """The run a resume request names, checked, writing nothing (see :func:`open_run`);
+    ``None`` for ``"auto"`` when ``pipeline`` has no run to continue under ``root``."""
+    if str(resume) != "auto":
+        return _resume_run(Path(resume), pipeline)
+    target = Path(run_dir) if run_dir is not None else find_latest_run(Path(root), pipeline)
+    if target is not None and (target / "run.json").is_file():
+        return _resume_run(target, pipeline)
+    return None
 
 
 def _resume_run(target: Path, pipeline: str) -> Run:

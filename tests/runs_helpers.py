@@ -74,11 +74,15 @@ class BrokenMonitor(MonitoringNode):
         pass
 
 
-def kill_when_marked(script: Path, run_dir: Path, marker: Path, timeout: float = 120.0) -> None:
-    """Start ``python script run_dir marker``; SIGKILL it once it has written ``marker``."""
+def kill_when_marked(script: Path, run_dir: Path, marker: Path, timeout: float = 120.0,
+                     argv: list[str] | None = None, cwd: Path | None = None) -> None:
+    """Start ``python script run_dir marker`` (or ``python script marker ARGV...``); SIGKILL it
+    once it has written ``marker``."""
     tests = Path(__file__).parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), os.environ.get("PYTHONPATH", "")])}
-    child = subprocess.Popen([sys.executable, str(script), str(run_dir), str(marker)], env=env,
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), os.environ.get("PYTHONPATH", "")]),
+           "MPLBACKEND": "Agg", "WANDB_MODE": "disabled"}
+    args = [str(run_dir), str(marker)] if argv is None else [str(marker), *argv]
+    child = subprocess.Popen([sys.executable, str(script), *args], env=env, cwd=cwd,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + timeout

@@ -443,3 +443,34 @@ def test_two_concurrent_resumes_the_second_refuses_naming_the_first(trained, wor
         first.send_signal(signal.SIGTERM)
     assert finish(first, workdir).rc == 143
     assert [a["status"] for a in read_run_json(run_dir)["attempts"]] == ["completed", "terminated"]
+
+
+def test_resume_auto_continues_with_the_overrides_the_run_started_with(workdir, tmp_path, capsys):
+    """kill -9 a run started with max_epochs=6 and data overrides; ``--resume auto`` without repeating
+    them ends after 6 epochs on the same data, bit-identical to an uninterrupted run."""
+    from runs_helpers import kill_when_marked
+
+    base = ["train", PIPELINE, *QUIET, "nodes.selector.params.n_select=3", "training.trainer.accelerator=cpu",
+            "training.trainer.deterministic=true"]
+    started_with = ["training.trainer.max_epochs=6", *TINY_SYNTHETIC, "data.params.n_train=3",
+                    "data.params.height=12"]
+    reference = cli([*base, *started_with, "--runs-dir", tmp_path / "reference"], capsys)
+    assert reference.rc == 0, reference.err
+    (ref_dir,) = (tmp_path / "reference" / "selector_rx_bce").iterdir()
+
+    script = Path(__file__).parents[1] / "cli_kill_child.py"
+    kill_when_marked(script, workdir, workdir / "marker.txt",
+                     argv=[*map(str, base), *started_with, "--runs-dir", str(workdir / "runs")], cwd=workdir)
+    (run_dir,) = (workdir / "runs" / "selector_rx_bce").iterdir()
+    resumed = cli([*base, "--runs-dir", workdir / "runs", "--resume", "auto"], capsys)
+    assert resumed.rc == 0, resumed.err
+    assert "recorded overrides: training.trainer.max_epochs=6" in resumed.out and resumed.out.count("resuming run") == 1
+    record = read_run_json(run_dir)
+    assert record["epochs"] == 6 and [a["status"] for a in record["attempts"]] == ["killed", "completed"]
+    ours, theirs = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+                    for d in (run_dir, ref_dir))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+    changed = cli([*base, "data.params.n_train=4", "training.trainer.max_epochs=7", "--runs-dir", workdir / "runs",
+                   "--resume", "auto"], capsys)  # given again with another value: refused, naming it
+    changed.fails_naming(str(run_dir), "data.params.n_train: 3 -> 4")
