@@ -105,6 +105,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from . import render
     from .errors import CompileError
+    from .output_paths import check_output_file
+    from .runs import atomic_write_text
     from .spec import SpecError
 
     pipeline = _load(args, check=False)
@@ -115,16 +117,17 @@ def cmd_show(args: argparse.Namespace) -> int:
     except CompileError as exc:
         raise SpecError(pipeline.source, exc.problems) from None
     if args.format == "png":
-        output = Path(args.output or f"{Path(args.pipeline).stem}.png")
-        output.parent.mkdir(parents=True, exist_ok=True)
+        output = check_output_file(f"{Path(args.pipeline).stem}.png" if args.output is None else args.output, "-o/--output",
+                                   (Path(args.pipeline),))
         render.to_png(pipeline.graph, plan, output, data)
         _out(f"wrote {output}")
         return 0
     text = render.to_mermaid(pipeline.graph, plan, data) if args.format == "mermaid" else render.to_text(
         pipeline.graph, plan, data)
-    if args.output:
-        Path(args.output).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
-        _out(f"wrote {args.output}")
+    if args.output is not None:
+        output = check_output_file(args.output, "-o/--output", (Path(args.pipeline),))
+        atomic_write_text(output, text if text.endswith("\n") else text + "\n")
+        _out(f"wrote {output}")
     else:
         _out(text.rstrip("\n"))
     return 0
@@ -132,11 +135,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_nodes(args: argparse.Namespace) -> int:
     from .catalog import catalog_markdown, catalog_text
+    from .output_paths import check_output_file
+    from .runs import atomic_write_text
 
     text = catalog_markdown() if args.markdown else catalog_text()
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-        _out(f"wrote {args.output}")
+    if args.output is not None:
+        output = check_output_file(args.output, "-o/--output")
+        atomic_write_text(output, text)
+        _out(f"wrote {output}")
     else:
         _out(text.rstrip("\n"))
     return 0
@@ -234,6 +240,13 @@ def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) ->
         _out(f"note: {failure.get('kind', 'side effect')} '{failure.get('name')}' failed and was disabled: "
              f"{failure.get('error')}")
     return run_dir, result.metrics
+
+
+def _path_arg(text: str) -> str:
+    """argparse type: a path that is not empty; ``~`` expanded (as a shell would)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path")
+    return os.path.expanduser(text)
 
 
 def _finite_float(text: str) -> float:
@@ -386,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue a run from its last checkpoint / current stage, or from CKPT (a .ckpt file "
                             "in the run); 'auto': the newest run of this pipeline. The pipeline must be the run's "
                             "own (training.trainer.max_epochs may grow)")
-    train.add_argument("--runs-dir", metavar="DIR", help="root of the run directories (default: training.run.root, "
+    train.add_argument("--runs-dir", metavar="DIR", type=_path_arg, help="root of the run directories (default: training.run.root, "
                                                          "'runs')")
     train.add_argument("--save-predictions", action="store_true",
                        help="also store the sink outputs over the prediction data as predictions.npz")

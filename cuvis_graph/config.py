@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -28,6 +28,11 @@ class StrictModel(BaseModel):
     """Base of every config model: unknown fields and non-finite floats (``nan``, ``inf``) are refused."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+_PRECISIONS = frozenset({"32-true", "32", "64-true", "64", "16-mixed", "16", "16-true", "bf16-mixed", "bf16",
+                         "bf16-true", "transformer-engine"})
+_ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
 
 
 def _runs_on_gpu(accelerator: str) -> bool:
@@ -59,6 +64,35 @@ class TrainerConfig(StrictModel):
     check_val_every_n_epoch: int = Field(1, ge=1)
     num_sanity_val_steps: int = Field(0, ge=-1)
     enable_progress_bar: bool = True
+
+    @field_validator("precision")
+    @classmethod
+    def _known_precision(cls, v: str | int) -> str | int:
+        if str(v) not in _PRECISIONS:
+            raise ValueError(f"unknown precision {v!r}; one of {sorted(_PRECISIONS)}")
+        return v
+
+    @field_validator("accelerator")
+    @classmethod
+    def _known_accelerator(cls, v: str) -> str:
+        if v not in _ACCELERATORS:
+            raise ValueError(f"unknown accelerator {v!r}; one of {list(_ACCELERATORS)}")
+        return v
+
+    @field_validator("devices")
+    @classmethod
+    def _some_devices(cls, v: int | str | list[int]) -> int | str | list[int]:
+        if isinstance(v, int) and v < 1 and v != -1 or isinstance(v, list) and not v \
+                or isinstance(v, str) and v != "auto" and not v.strip().lstrip("-").isdigit():
+            raise ValueError(f"devices {v!r}: a count >= 1, -1 (all), 'auto' or a list of device indices")
+        return v
+
+    @field_validator("limit_train_batches", "limit_val_batches", "limit_test_batches")
+    @classmethod
+    def _positive_limit(cls, v: int | float | None) -> int | float | None:
+        if v is not None and (v < 0 or isinstance(v, float) and v > 1.0):
+            raise ValueError(f"{v!r}: a batch count >= 0 or a fraction in [0, 1]")
+        return v
 
     @model_validator(mode="after")
     def _float16_needs_a_gpu(self) -> TrainerConfig:

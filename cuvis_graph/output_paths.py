@@ -124,3 +124,25 @@ def refuse_inside_model(path: Path, what: str) -> None:
     if model is not None:
         raise OutputPathError(f"{what} {path}: lies in the saved model folder {model}, whose files are never "
                               "overwritten; choose a path outside it")
+
+
+def check_output_file(path: str | os.PathLike, option: str, reads: tuple[Path, ...] = ()) -> Path:
+    """The file an ``-o``/``--output`` option names, checked before anything is drawn or written:
+    not empty, not a folder, not a link, not one of the files the command ``reads``, not inside a
+    saved model; a missing parent folder is created."""
+    text = os.fspath(path)
+    if not text.strip():
+        raise OutputPathError(f"{option}: an empty path; give a file name")
+    target = Path(text).expanduser()
+    refuse_link(target, option)
+    if target.is_dir():
+        raise OutputPathError(f"{option} {target}: is a folder; give a file name inside it")
+    for source in reads:
+        if target.exists() and source.exists() and target.samefile(source):
+            raise OutputPathError(f"{option} {target}: is the file this command reads; writing would destroy it")
+    refuse_inside_model(target, option)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(f"{option} {target}: cannot create its folder ({exc.strerror})") from None
+    return target

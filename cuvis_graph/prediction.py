@@ -350,7 +350,9 @@ def predict_files(graph: Graph, inputs: Sequence[str | os.PathLike], out_dir: st
         raise CuvisGraphError(f"quantile must be in [0, 1], got {quantile}")
     if threshold is not None and not math.isfinite(threshold):
         raise CuvisGraphError(f"threshold must be a finite number, got {threshold}")
-    out = Path(out_dir)
+    if not os.fspath(out_dir).strip():
+        raise CuvisGraphError("out folder: an empty path; name a folder for the results")
+    out = Path(out_dir).expanduser().absolute()
     _check_out_dir(out)
     n_model = infer_n_channels(graph)
     (score_node, score_port), decider = score_outputs(graph, n_model, output)
@@ -363,6 +365,10 @@ def predict_files(graph: Graph, inputs: Sequence[str | os.PathLike], out_dir: st
     spec = graph.data_spec
     model_wl = spec.wavelengths if spec is not None else None
     files = expand_inputs(inputs)
+    inside = next((p for p, _ in files if Path(os.path.abspath(p)).is_relative_to(out)), None)
+    if inside is not None:
+        raise CuvisGraphError(f"out folder {out}: holds the input {inside}, which replacing the folder would "
+                              "delete; move the input or choose another --out")
     names = _output_names([p for p, _ in files])
     results: list[FileResult] = []
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -257,10 +257,12 @@ def to_png(graph: Graph, plan: Plan, path: str | os.PathLike, data: DataSpec | N
     ax.set_title(f"graph '{graph.name}'", fontsize=11, loc="left")
     fig.tight_layout()
     path = os.fspath(path)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, path)
+    from .runs import atomic_write
+
+    try:
+        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)
     return path
 
 

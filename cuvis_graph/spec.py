@@ -351,7 +351,7 @@ def _override_problem(config: Mapping[str, Any], key: str, allow: Iterable[str])
     parts = key.split(".")
     top = parts[0]
     if top not in _model_keys(PipelineSpec):
-        return f"unknown key '{top}'{did_you_mean(top, _model_keys(PipelineSpec))}; a pipeline has {_model_keys(PipelineSpec)}"
+        return f"unknown key '{shorten(top)}'{did_you_mean(top, _model_keys(PipelineSpec))}; a pipeline has {_model_keys(PipelineSpec)}"
     if top == "training":
         model: Any = TrainingConfig
         for i, part in enumerate(parts[1:], 1):
@@ -361,7 +361,7 @@ def _override_problem(config: Mapping[str, Any], key: str, allow: Iterable[str])
             f = _model_field(model, part)
             if f is None:
                 keys = _model_keys(model)
-                return f"unknown key '{part}' in {'.'.join(parts[:i])}{did_you_mean(part, keys)}; known keys: {keys}"
+                return f"unknown key '{shorten(part)}' in {shorten('.'.join(parts[:i]))}{did_you_mean(part, keys)}; known keys: {keys}"
             model = f.annotation
         return None
     if top in ("nodes", "leaves", "monitors"):
@@ -383,7 +383,7 @@ def _override_problem(config: Mapping[str, Any], key: str, allow: Iterable[str])
     if rest[0] not in _model_keys(spec_model):
         keys = _model_keys(spec_model)
         where = ".".join(parts[: len(parts) - len(rest)])
-        return f"unknown key '{rest[0]}' in {where}{did_you_mean(rest[0], keys)}; known keys: {keys}"
+        return f"unknown key '{shorten(rest[0])}' in {shorten(where)}{did_you_mean(rest[0], keys)}; known keys: {keys}"
     if rest[0] == "params" and len(rest) > 1:
         cls = _section_class(top, entry, allow)
         if cls is not None:
@@ -408,7 +408,7 @@ def _prepare_overrides(base: Mapping[str, Any], parsed: list[Any], groups: set[s
             problems.append(Problem(f"override '{shorten(o.input_line)}'", _HYDRA_OVERRIDE))
             continue
         if o.is_sweep_override():
-            problems.append(Problem(f"override '{o.input_line}'", "sweeps several values; run it with -m/--multirun"))
+            problems.append(Problem(f"override '{shorten(o.input_line)}'", "sweeps several values; run it with -m/--multirun"))
             continue
         if o.is_add() or o.is_force_add() or o.is_delete():
             value_lines.append(o.input_line)
@@ -421,7 +421,7 @@ def _prepare_overrides(base: Mapping[str, Any], parsed: list[Any], groups: set[s
                 key, line = f"training.{key}", f"training.{line}"  # `trainer.max_epochs=3` for short
             problem = _override_problem(base, key, allow)
             if problem:
-                problems.append(Problem(f"override '{o.input_line}'", problem))
+                problems.append(Problem(f"override '{shorten(o.input_line)}'", problem))
             else:
                 value_lines.append("++" + line)
     if problems:

@@ -150,10 +150,12 @@ def split_files(names: Sequence[str], val_fraction: float, test_fraction: float,
 
 
 def _write_json_atomic(path: Path, content: dict[str, Any]) -> None:
+    from ..runs import atomic_write_json
+
+    if path.is_dir():
+        raise ConfigError(f"splits_path: '{path}' is a folder; give a file name such as '{path / 'splits.json'}'")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, content)
 
 
 @register
@@ -226,6 +228,10 @@ class FolderDataModule(GraphDataModule):
                 raise ConfigError(f"folder: no such file(s): {missing}")
             self.root = Path(os.path.commonpath([f.resolve().parent for f in files]))
             files = [f.resolve() for f in files]
+            twice = sorted({str(f) for f in files if files.count(f) > 1})
+            if twice:
+                raise ConfigError(f"folder: the list names the same file more than once ({twice[0]}); "
+                                  "it could land in two splits and leak between them")
         self.files: list[Path] = files
         self.val_fraction, self.test_fraction, self.seed = float(val_fraction), float(test_fraction), int(seed)
         self.splits_path = None if splits_path is None else Path(splits_path).expanduser()

@@ -457,3 +457,22 @@ def test_export_over_an_earlier_export_replaces_it(model: Path, workdir: Path,
     snapshot.assert_unchanged(allowed=("model.onnx",))
     assert first.opset_import[0].version == 17 and onnx.load(str(target)).opset_import[0].version == 18
     assert sorted(p.name for p in model.iterdir()) == MODEL_FILES
+
+
+def test_predict_never_deletes_an_input_inside_the_out_folder(model: Path, scene: Path, workdir: Path, capsys):
+    """Replacing --out whole would delete an input that lies inside it."""
+    out = workdir / "predictions"
+    assert cli(["predict", model, scene, "--out", out], capsys).rc == 0
+    inside = out / "good" / "mine.npy"
+    shutil.copy(scene, inside)
+    before = TreeSnapshot(workdir)
+    cli(["predict", model, inside, "--out", out], capsys).fails_naming(str(out), "holds the input", "mine.npy")
+    before.assert_unchanged()
+
+
+@pytest.mark.parametrize("out", ["", "."])
+def test_predict_out_empty_or_the_working_folder(out: str, model: Path, scene: Path, workdir: Path, capsys):
+    before = TreeSnapshot(workdir)
+    outcome = cli(["predict", model, scene, "--out", out], capsys)
+    outcome.fails_naming("out folder")
+    before.assert_unchanged()
