@@ -7,7 +7,12 @@ from torch import nn
 
 from cuvis_graph.node import Node, PortSpec
 from cuvis_graph.registry import register
-from cuvis_graph.statistics import Accumulator, MinMaxAccumulator, MomentAccumulator
+from cuvis_graph.statistics import (
+    Accumulator,
+    MinMaxAccumulator,
+    MomentAccumulator,
+    StatisticsError,
+)
 
 __all__ = ["MinMaxNormalizer", "StandardNormalizer"]
 
@@ -78,6 +83,11 @@ class MinMaxNormalizer(_AffineMixin, Node):
 
     def finalize_statistics(self, accumulators: dict[str, Accumulator]) -> None:
         acc = accumulators["minmax"]
+        span = (acc.max.float() - acc.min.float())
+        if not bool(torch.isfinite(span).all()):
+            raise StatisticsError(f"the data range max - min ({float(acc.max.max()):.3g} - {float(acc.min.min()):.3g}) "
+                                  "overflows float32, so every normalized value would be the same; rescale the data "
+                                  "(e.g. to reflectance) or use StandardNormalizer")
         self.min = acc.min.float().to(self.min.device)
         self.max = acc.max.float().to(self.max.device)
 

@@ -223,7 +223,12 @@ def _pick(path: Path, shapes: dict[str, tuple[int, ...]], key: str | None, mask_
     if len(hwc) != 3:
         raise ReaderError(path, f"expected a 3-D cube [H, W, C] in '{key}', got shape {hwc}")
     if mask_key is None:
-        masks = [n for n, s in shapes.items() if n != key and tuple(s) == tuple(hwc[:2]) and _MASK_NAME.search(n)]
+        named = [n for n, s in shapes.items() if n != key and _MASK_NAME.search(n) and len(s) == 2]
+        masks = [n for n in named if tuple(shapes[n]) == tuple(hwc[:2])]
+        if named and not masks:  # a ground truth that does not fit the cube: never dropped in silence
+            raise ReaderError(path, f"'{named[0]}' looks like the ground-truth mask but has shape "
+                              f"{tuple(shapes[named[0]])}, the cube '{key}' {tuple(hwc)}; a mask must be the "
+                              "cube's H, W (pass mask_key= to name another one)")
         mask_key = masks[0] if len(masks) == 1 else None
     elif tuple(shapes[mask_key]) != tuple(hwc[:2]):
         raise ReaderError(path, f"mask_key: '{mask_key}' has shape {shapes[mask_key]}; "

@@ -267,3 +267,32 @@ def test_scene_without_anomalies_trains_with_undefined_metrics_as_null(tmp_path:
 def test_errors_are_cuvis_graph_errors() -> None:
     """Data errors reach the CLI as one line (they are CuvisGraphError) and stay ValueErrors in Python."""
     assert issubclass(DataError, CuvisGraphError) and issubclass(DataError, ValueError)
+
+
+def test_a_mask_of_another_shape_is_named_not_dropped(tmp_path: Path) -> None:
+    from cuvis_graph.data import read_cube
+    from cuvis_graph.data.readers import ReaderError
+
+    path = tmp_path / "a.npz"
+    np.savez(path, cube=np.ones((8, 8, 4), np.float32), mask=np.zeros((4, 4), np.uint8))
+    with pytest.raises(ReaderError, match=r"a\.npz.*'mask' looks like the ground-truth mask but has shape \(4, 4\), "
+                                          r"the cube 'cube' \(8, 8, 4\)"):
+        read_cube(path)
+
+
+def test_a_data_range_beyond_float32_is_named_at_the_normalizer(tmp_path: Path) -> None:
+    """max - min of values near +-3e38 overflows float32: the normalizer says so, naming itself."""
+    from cuvis_graph.nodes import MinMaxNormalizer, RXGlobal
+
+    from cuvis_graph import Graph, TrainingConfig
+    from cuvis_graph.data import GraphDataModule
+    from cuvis_graph.statistics import StatisticsError
+
+    rng = np.random.default_rng(0)
+    cubes = (rng.uniform(-1, 1, (2, 8, 8, 4)) * 3e38).astype(np.float32)
+    graph = Graph("huge")
+    norm = graph.add_node(MinMaxNormalizer(), name="norm")
+    graph.add_node(RXGlobal(), parent=norm, name="rx")
+    with pytest.raises(StatisticsError, match=r"node 'norm'.*overflows float32"):
+        graph.train(GraphDataModule.from_arrays(cubes, batch_size=1), TrainingConfig(trainer={"max_epochs": 0}),
+                    runs_root=tmp_path / "runs")
