@@ -267,9 +267,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     graph = load_graph(args.model_dir, allow_modules=args.allow_module or [])
     summary = predict_files(graph, args.inputs, args.out, threshold=args.threshold, quantile=args.quantile,
-                            output=args.output, progress=not args.no_progress)
+                            output=args.output, progress=not args.no_progress, recursive=args.recursive)
     n_ok, n_failed = len(summary.ok), len(summary.failed)
     _out(f"scored {n_ok} of {n_ok + n_failed} input(s) with '{summary.score_output}' (mask: {summary.mask_source})")
+    if summary.not_taken:
+        _out(f"note: {summary.not_taken} cube file(s) in sub-folders of the input folders were not taken; "
+             "add --recursive to score them too")
     for result in summary.failed:
         _out(f"  failed: {result.error}")
     _out(f"summary: {summary.summary_path}")
@@ -469,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "scores (default 0.99)")
     predict.add_argument("--output", metavar="NODE", help="score output 'node' or 'node.port' (default: the "
                                                           "last per-pixel score before any decider)")
+    predict.add_argument("--recursive", action="store_true",
+                         help="also score the cube files in sub-folders of input folders (results keep the "
+                              "sub-folder: <out>/<sub>/<stem>/)")
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
     predict.add_argument("--allow-module", action="append", metavar="MODULE",
                          help="allow '_target_' classes from MODULE (and its submodules); repeatable")

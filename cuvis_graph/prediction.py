@@ -10,6 +10,10 @@ or folders) with :func:`cuvis_graph.data.read_cube`, runs the graph on it and wr
     <out>/summary.csv          one row per input: shape, score statistics, anomaly pixels,
                                status ok|error and the error message
 
+A folder input gives its cube files; those of its sub-folders only with ``recursive=True``
+(``cuvis-graph predict --recursive``), their results under ``<out>/<sub-folder>/<stem>/``
+(without it they are counted, and the CLI says how many were not taken).
+
 Which output is the score: the last node (topological order) whose output is per-pixel
 ``[B, H, W, 1]`` and that is not a decider; a decider is a node whose output port is named
 ``decisions`` (or that sets ``is_decider = True``), e.g. ``BinaryDecider``/``QuantileDecider``.
@@ -62,6 +66,7 @@ __all__ = [
     "PredictionSummary",
     "score_outputs",
     "expand_inputs",
+    "cubes_in_subfolders",
     "run_graph",
     "false_color",
     "predict_files",
@@ -114,6 +119,8 @@ class PredictionSummary:
     score_output: str
     mask_source: str
     extra: dict[str, Any] = field(default_factory=dict)
+    #: cube files in sub-folders of folder inputs that were not taken (``recursive=False``)
+    not_taken: int = 0
 
     @property
     def ok(self) -> list[FileResult]:
@@ -169,40 +176,66 @@ def score_outputs(graph: Graph, n_channels: int | None = None, output: str | Non
 
 
 # -- inputs ---------------------------------------------------------------------------------------
-def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, str | None]]:
-    """``[(file, error or None)]``: files as given, folders expanded with ``list_cubes``."""
+def expand_inputs(inputs: Iterable[str | os.PathLike], recursive: bool = False) -> list[tuple[Path, str | None]]:
+    """``[(file, error or None)]``: files as given, folders expanded with ``list_cubes``
+    (``recursive``: with the cube files of their sub-folders)."""
+    return [(path, problem) for path, problem, _ in _expand(inputs, recursive)]
+
+
+def _expand(inputs: Iterable[str | os.PathLike], recursive: bool) -> list[tuple[Path, str | None, Path]]:
+    """:func:`expand_inputs` with each file's name below its folder input (``sub/b.npy``;
+    the file name for a file given)."""
     from .data.readers import list_cubes
 
-    out: list[tuple[Path, str | None]] = []
+    out: list[tuple[Path, str | None, Path]] = []
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            found = list_cubes(path)
+            found = list_cubes(path, recursive=recursive)
             if not found:
-                out.append((path, f"{path}: folder holds no cube files"))
-            out += [(p, None) for p in found]
+                out.append((path, f"{path}: folder holds no cube files", Path(path.name)))
+            out += [(p, None, p.relative_to(path)) for p in found]
         elif not path.exists():
-            out.append((path, f"{path}: no such file or folder"))
+            out.append((path, f"{path}: no such file or folder", Path(path.name)))
         else:
-            out.append((path, None))
+            out.append((path, None, Path(path.name)))
     return out
 
 
+def cubes_in_subfolders(inputs: Iterable[str | os.PathLike]) -> int:
+    """How many cube files lie in sub-folders of the folder ``inputs`` (what ``recursive`` adds)."""
+    from .data.readers import list_cubes
+
+    folders = [Path(item).expanduser() for item in inputs if Path(item).expanduser().is_dir()]
+    return sum(len(list_cubes(f, recursive=True)) - len(list_cubes(f)) for f in folders)
+
+
 def _output_names(paths: Sequence[Path]) -> list[str]:
-    """A unique output folder name per input: the stem, then ``<stem>_<suffix>``, then ``_<n>``."""
+    """A unique output folder name per input (a name below its folder input, see :func:`_expand`):
+    its sub-folders, then the stem, ``<stem>_<suffix>`` or ``_<n>`` (``sub/b``); one name is never
+    a folder above another's results."""
     names: list[str] = []
     taken: set[str] = set()
+    above: set[str] = set()  # folders that hold results below them
+
+    def free(name: str) -> bool:
+        parents = name.split("/")[:-1]
+        return name not in taken | above and not any("/".join(parents[:i]) in taken
+                                                      for i in range(1, len(parents) + 1))
+
     for path in paths:
+        folder = "".join(f"{part}/" for part in Path(path).parent.parts if part not in ("", "."))
         stem = path.name[: -len(path.suffix)] if path.suffix else path.name
-        candidate = stem or "cube"
-        if candidate in taken:
-            candidate = f"{stem}_{path.suffix.lstrip('.')}" if path.suffix else candidate
+        candidate = folder + (stem or "cube")
+        if not free(candidate):
+            candidate = f"{folder}{stem}_{path.suffix.lstrip('.')}" if path.suffix else candidate
         k = 1
         base = candidate
-        while candidate in taken:
+        while not free(candidate):
             candidate = f"{base}_{k}"
             k += 1
         taken.add(candidate)
+        above.update("/".join(candidate.split("/")[:i]) for i in range(1, candidate.count("/") + 1))
         names.append(candidate)
     return names
 
@@ -326,7 +359,7 @@ def _check_out_dir(out: Path) -> None:
 def predict_files(graph: Graph, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                   threshold: float | None = None, quantile: float = DEFAULT_QUANTILE, output: str | None = None,
                   progress: bool = True, overlay: bool = True, read_options: Mapping[str, Any] | None = None,
-                  ) -> PredictionSummary:
+                  recursive: bool = False) -> PredictionSummary:
     """Score every cube file of ``inputs`` (files or folders) and write results into ``out_dir``.
 
     Args:
@@ -339,6 +372,9 @@ def predict_files(graph: Graph, inputs: Sequence[str | os.PathLike], out_dir: st
         overlay: write ``overlay.png``.
         read_options: keyword arguments of :func:`~cuvis_graph.data.read_cube`
             (``key``, ``mask_key``, ``drop_bad_bands``...).
+        recursive: take the cube files of the sub-folders of folder inputs too; their results
+            keep the sub-folder (``<out>/sub/<stem>/``). Without it they are counted in
+            :attr:`PredictionSummary.not_taken`.
 
     Returns:
         a :class:`PredictionSummary`; ``summary.csv`` lists every input, failed ones with
@@ -364,12 +400,13 @@ def predict_files(graph: Graph, inputs: Sequence[str | os.PathLike], out_dir: st
         mask_source = f"scores > per-image {quantile:g} quantile"
     spec = graph.data_spec
     model_wl = spec.wavelengths if spec is not None else None
-    files = expand_inputs(inputs)
+    entries = _expand(inputs, recursive)
+    files = [(path, problem) for path, problem, _ in entries]
     inside = next((p for p, _ in files if Path(os.path.abspath(p)).is_relative_to(out)), None)
     if inside is not None:
         raise CuvisGraphError(f"out folder {out}: holds the input {inside}, which replacing the folder would "
                               "delete; move the input or choose another --out")
-    names = _output_names([p for p, _ in files])
+    names = _output_names([name for _, _, name in entries])
     results: list[FileResult] = []
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = temporary_sibling(out)
@@ -384,7 +421,8 @@ def predict_files(graph: Graph, inputs: Sequence[str | os.PathLike], out_dir: st
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return PredictionSummary(results, out, summary, f"{score_node}.{score_port}", mask_source,
-                             {"decider": decider, "quantile": quantile, "threshold": threshold})
+                             {"decider": decider, "quantile": quantile, "threshold": threshold},
+                             not_taken=0 if recursive else cubes_in_subfolders(inputs))
 
 
 def _predict_each(graph: Graph, files: Sequence[tuple[Path, str | None]], names: Sequence[str],

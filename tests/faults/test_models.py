@@ -476,3 +476,38 @@ def test_predict_out_empty_or_the_working_folder(out: str, model: Path, scene: P
     outcome = cli(["predict", model, scene, "--out", out], capsys)
     outcome.fails_naming("out folder")
     before.assert_unchanged()
+
+
+def test_cubes_in_sub_folders_are_named_and_taken_with_recursive(model: Path, workdir: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """B16: a folder input takes its own cube files; those in sub-folders are counted in a note,
+    and ``--recursive`` scores them too, into result folders that keep the sub-folder (two
+    ``a.npy`` in different folders, and a file named like a sub-folder, never share one)."""
+    scenes = workdir / "scenes"
+    layout = {"a.npy": 1, "sub.npy": 2, "sub/a.npy": 3, "sub/b.npy": 4, "sub/subsub/c.npy": 5}
+    for rel, seed in layout.items():
+        (scenes / rel).parent.mkdir(parents=True, exist_ok=True)
+        np.save(scenes / rel, cube(6, 7, seed=seed))
+    snapshot = TreeSnapshot(workdir)
+    flat = predict(model, capsys, scenes, "--out", workdir / "flat")
+    assert flat.rc == 0, flat.err
+    in_subfolders = sum(1 for rel in layout if "/" in rel)
+    assert "scored 2 of 2" in flat.out
+    assert f"note: {in_subfolders} cube file(s) in sub-folders" in flat.out and "--recursive" in flat.out
+    snapshot.assert_unchanged(allowed=("flat",))
+
+    deep = predict(model, capsys, scenes, "--out", workdir / "deep", "--recursive")
+    assert deep.rc == 0, deep.err
+    assert f"scored {len(layout)} of {len(layout)}" in deep.out and "note:" not in deep.out
+    with (workdir / "deep" / "summary.csv").open(newline="") as fh:
+        outputs = {Path(row["file"]).relative_to(scenes).as_posix(): Path(row["output"]) for row in csv.DictReader(fh)}
+    assert outputs.keys() == layout.keys()
+    assert len(set(outputs.values())) == len(layout)  # one result folder each
+    folders = list(outputs.values())
+    assert not any(a in b.parents for a in folders for b in folders)  # never one inside another's
+    graph = load_graph(model)
+    for rel, folder in outputs.items():
+        assert folder.is_relative_to(workdir / "deep" / Path(rel).parent)  # the sub-folder is kept
+        expected = graph.predict(torch.from_numpy(np.load(scenes / rel)), output="rx")[..., 0].numpy()
+        np.testing.assert_array_equal(np.load(folder / "scores.npy"), expected)
+    snapshot.assert_unchanged(allowed=("flat", "deep"))
