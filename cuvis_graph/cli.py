@@ -26,6 +26,7 @@ Errors exit with status 1 and one message naming the place (YAML path, node, ove
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -526,6 +527,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = bool(getattr(args, "debug", False))
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # `cuvis-graph show ... | head`: the reader has what it wanted
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except KeyboardInterrupt as exc:
         print(f"{PROG}: interrupted{': ' + str(exc) if str(exc) else ''}", file=sys.stderr)
         return 130

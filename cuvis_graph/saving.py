@@ -223,6 +223,7 @@ def save_graph(graph: Graph, path: str | os.PathLike) -> Path:
         _fsync_write(tmp / PIPELINE_FILE, pipeline_text.encode("utf-8"))
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "cuvis-graph-model",
                                                              "format_version": str(FORMAT_VERSION)})
+        os.chmod(tmp / WEIGHTS_FILE, 0o666 & ~_umask())  # safetensors writes it private; a model is shared
         # meta.json last: a folder holding it holds every file complete
         _fsync_write(tmp / META_FILE, (json.dumps(meta, indent=2, allow_nan=False) + "\n").encode("utf-8"))
         replace_dir(tmp, target)
@@ -230,6 +231,12 @@ def save_graph(graph: Graph, path: str | os.PathLike) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # -- load ----------------------------------------------------------------------------------

@@ -29,3 +29,13 @@ def test_printed_cli_command_runs(activated: bool, monkeypatch: pytest.MonkeyPat
                           capture_output=True, text=True, env={**os.environ, "PATH": os.pathsep.join(path)})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip(), "the version is printed"
+
+
+def test_output_into_a_closed_pipe_ends_quietly() -> None:
+    """``cuvis-graph nodes | head -0``: the reader is gone before anything is written."""
+    child = subprocess.Popen([str(Path(sys.executable).parent / "cuvis-graph"), "nodes"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env={**os.environ, "MPLBACKEND": "Agg"})
+    child.stdout.close()  # as `head` does once it has its lines
+    err = child.stderr.read().decode()
+    assert child.wait(120) == 0, err
+    assert "BrokenPipe" not in err and "Traceback" not in err, err

@@ -351,3 +351,12 @@ def test_not_a_model_directory(tmp_path: Path) -> None:
     (tmp_path / "half" / "pipeline.yaml").write_text("nodes: {}\n")
     with pytest.raises(ModelFormatError, match="missing weights.safetensors, meta.json"):
         load_graph(tmp_path / "half")
+
+
+def test_model_files_share_one_mode(model_dir: Path, tmp_path: Path) -> None:
+    """Every file of a model has the mode an ordinary new file gets (safetensors alone would make
+    the weights private while the rest is readable)."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in model_dir.iterdir()}
+    assert set(modes.values()) == {plain.stat().st_mode & 0o777}, modes
