@@ -456,8 +456,9 @@ class _StageRunner:
             trainer.fit(module, datamodule=self.datamodule, ckpt_path=resume_ckpt, weights_only=True)
         self.check_record()
         outcome.trainer, outcome.steps, outcome.epochs = trainer, trainer.global_step, trainer.current_epoch
-        if stage.max_epochs > 0:
-            outcome.metrics, outcome.trained = _floats(trainer.callback_metrics), True
+        logged = _floats(trainer.callback_metrics)
+        if stage.max_epochs > 0 and logged:  # (a resume with every epoch done logs nothing: the record stays)
+            outcome.metrics, outcome.trained = logged, True
             outcome.best = _best(checkpoint, self.run.path) if self.run is not None else None
 
     def _check_trainable(self, index: int, stage: StageConfig, module: GraphModule, frozen: frozenset[str]) -> None:

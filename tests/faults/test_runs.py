@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from cuvis_graph.monitors.file import FileMonitor
 from cuvis_graph.runs import RunRecordError, open_run, read_run_json
@@ -474,3 +475,44 @@ def test_resume_auto_continues_with_the_overrides_the_run_started_with(workdir, 
     changed = cli([*base, "data.params.n_train=4", "training.trainer.max_epochs=7", "--runs-dir", workdir / "runs",
                    "--resume", "auto"], capsys)  # given again with another value: refused, naming it
     changed.fails_naming(str(run_dir), "data.params.n_train: 3 -> 4")
+
+
+# -- resume after the training ended but its last steps did not -----------------------------------
+def test_interrupt_during_the_final_model_save_resumes_to_the_same_metrics_and_model(workdir, tmp_path, capsys,
+                                                                                      monkeypatch):
+    """B18: Ctrl-C while the trained model is saved (both epochs done); ``--resume`` completes the
+    save and ends with the metrics of an uninterrupted run, in run.json and stage_state.json."""
+    import safetensors.torch
+
+    reference = cli([*TRAIN, "training.trainer.max_epochs=2", "training.trainer.deterministic=true",
+                     "--runs-dir", tmp_path / "reference"], capsys)
+    assert reference.rc == 0, reference.err
+    (ref_dir,) = (tmp_path / "reference" / "selector_rx_bce").iterdir()
+    expected = read_run_json(ref_dir)["metrics"]
+    assert any(k.startswith("val/") for k in expected)
+
+    save = safetensors.torch.save_file
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", interrupted)
+    cut = cli([*TRAIN, "training.trainer.max_epochs=2", "training.trainer.deterministic=true"], capsys)
+    (run_dir,) = (workdir / "runs" / "selector_rx_bce").iterdir()
+    assert cut.rc == 130 and raw_status(run_dir) == "interrupted" and not (run_dir / "model").exists()
+    monkeypatch.setattr(safetensors.torch, "save_file", save)
+
+    resumed = cli([*TRAIN, "--resume", run_dir], capsys)
+    assert resumed.rc == 0, resumed.err
+    record = read_run_json(run_dir)
+    assert record["status"] == "completed" and record["epochs"] == 2 and (run_dir / "model").is_dir()
+    assert record["metrics"] == expected
+    ours, theirs = (json.loads((d / "stage_state.json").read_text())["stage_info"]["train"]["metrics"]
+                    for d in (run_dir, ref_dir))
+    assert ours == theirs and ours
+    assert "(none)" not in resumed.out
+    ours, theirs = ([(j["stage"], j["step"], sorted(j["metrics"])) for j in map(json.loads, (d / "metrics.jsonl")
+                     .read_text().splitlines())] for d in (run_dir, ref_dir))
+    assert ours == theirs  # the log keeps both epochs, once
+    ours, theirs = (load_file(d / "model" / "weights.safetensors") for d in (run_dir, ref_dir))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
