@@ -70,6 +70,9 @@ class TrainerConfig(StrictModel):
     def _known_precision(cls, v: str | int) -> str | int:
         if str(v) not in _PRECISIONS:
             raise ValueError(f"unknown precision {v!r}; one of {sorted(_PRECISIONS)}")
+        if str(v) in ("16-true", "bf16-true"):  # Lightning casts the whole module, float64 buffers included
+            raise ValueError(f"precision '{v}' casts every weight and buffer to 16 bits, the float64 statistics "
+                             "(RX whitening, PCA axes) included; use 'bf16-mixed' or '16-mixed' (docs/precision.md)")
         return v
 
     @field_validator("accelerator")

@@ -5,12 +5,15 @@ the executor on the already-fitted ancestors of level-``k`` nodes and folds thei
 into the nodes' accumulators. Number of passes = number of statistical depth levels.
 Fitted per-channel affine parents (normalizers) of a node that accepts it are folded into
 its statistics instead of being run (:func:`fold_affine_parents`).
-Everything runs under ``torch.no_grad()``; nothing is concatenated. Under DDP each rank
+Everything runs under ``torch.no_grad()`` with autocast disabled (a ``bf16-mixed`` run or a
+caller's own autocast never lowers the precision of what the float64 accumulators see);
+nothing is concatenated. Under DDP each rank
 streams its shard and the accumulators are all-reduced before ``finalize_statistics``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -107,6 +110,13 @@ def _per_sample(key: str, value: Any, batch_size: int) -> bool:
         and key != "wavelengths"
 
 
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast disabled on ``device`` (a no-op where the device has no autocast)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def fit_statistics(
     plan: Plan,
     loader_factory: Callable[[], Iterable[Mapping[str, Any]]],
@@ -135,7 +145,7 @@ def fit_statistics(
         accumulators: dict[str, dict[str, Accumulator]] = {}
         loader = loader_factory()
         desc = f"statistics {depth}/{len(levels)} ({', '.join(names)})"
-        with torch.no_grad():
+        with torch.no_grad(), _no_autocast(device):
             for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
                 for part in _slices(move_batch(batch, device)):
                     outputs = executor.run(part, only=needed)

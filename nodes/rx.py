@@ -117,6 +117,8 @@ class RXGlobal(Node):
     scale, at about half the cost. Trainable statistics (below) run in float64: ``D`` and ``d``
     are float64 parameters whose factor ``(I + tril(D)) W`` changes every step (nothing to
     cache), and the float64 path keeps the learned inverse covariance as accurate as the fit.
+    Autocast (``bf16-mixed``) changes none of this: the float32 path runs with autocast
+    disabled and float64 operands are never autocast (``docs/precision.md``).
 
     Trainable (``trainable_stats=True``): the fitted ``W`` and ``mu`` stay as buffers and
     two parameters, initialised at zero, refine them in whitened units::
@@ -209,15 +211,17 @@ class RXGlobal(Node):
         """Scores ``[B,H,W,1]`` in ``x``'s dtype.
 
         * no gradients, statistics frozen: float64 in row blocks (:meth:`_score_in_blocks`);
-        * gradients, statistics frozen, float32 input: float32 arithmetic with the cached
-          float32 factor (:meth:`_score_float32`), about half the time of float64;
+        * gradients, statistics frozen, float32 input (or a lower-precision one under autocast,
+          e.g. ``bf16-mixed``): float32 arithmetic with the cached float32 factor
+          (:meth:`_score_float32`), about half the time of float64, never in bfloat16;
         * trainable statistics (or other dtypes, or ONNX tracing): float64 autograd, since the
           factor ``(I + tril(D)) W`` and ``mu`` change every step and gradients reach them.
         """
         if not self.trainable_stats and not torch.jit.is_tracing():
             if not torch.is_grad_enabled():
                 return self._score_in_blocks(x)
-            if x.dtype == torch.float32:
+            if x.dtype == torch.float32 or (x.dtype in (torch.bfloat16, torch.float16)
+                                            and torch.is_autocast_enabled(x.device.type)):
                 return self._score_float32(x)
         z = (x.to(torch.float64) - self.mean) @ self.whitening.T
         if self.trainable_stats:
@@ -266,9 +270,16 @@ class RXGlobal(Node):
 
     def _score_float32(self, x: torch.Tensor) -> torch.Tensor:
         """Training scores with frozen statistics: ``||(x - mu) W^T||^2`` in float32, ``W`` from
-        the float64 factorisation (cast once); backward ``2 z W`` (one GEMM)."""
-        rows = x.reshape(-1, x.shape[-1])
-        scores = _WhitenedSquaredNorm.apply(rows, *self._float32_factors(x.device))
+        the float64 factorisation (cast once); backward ``2 z W`` (one GEMM).
+
+        Runs with autocast disabled: under ``bf16-mixed`` autocast would turn the whitening
+        GEMM and the squared norm into bfloat16 (8-bit mantissa, ~4e-3 relative error on every
+        whitened value, far from the ~1e-6 this path keeps) and hand backward a bfloat16 ``z``
+        beside the float32 factor.
+        """
+        with torch.autocast(x.device.type, enabled=False):
+            rows = x.reshape(-1, x.shape[-1]).float()
+            scores = _WhitenedSquaredNorm.apply(rows, *self._float32_factors(x.device))
         return scores.reshape(*x.shape[:-1], 1)
 
 
