@@ -103,6 +103,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_print_config(args: argparse.Namespace) -> int:
+    """``--cfg job``: the composed pipeline as YAML (every sweep job with ``-m``); nothing runs."""
+    from .spec import expand_sweeps, load_config
+
+    multirun = bool(getattr(args, "multirun", False))
+    jobs = expand_sweeps(args.overrides, args.pipeline) if multirun else [list(args.overrides)]
+    for i, job in enumerate(jobs):
+        config, _ = load_config(args.pipeline, job, allow_modules=args.allow_module or [])
+        if multirun:
+            _out(f"# job {i + 1}/{len(jobs)}: {' '.join(job) or '(no overrides)'}")
+        _out(yaml.safe_dump(config, sort_keys=False, allow_unicode=True).rstrip("\n"))
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from . import render
     from .errors import CompileError
@@ -382,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Hydra overrides: key=value, group=option, +key=value (add), ~key (delete)")
     piped.add_argument("--allow-module", action="append", metavar="MODULE",
                        help="allow '_target_' classes from MODULE (and its submodules); repeatable")
+    piped.add_argument("--cfg", choices=["job"], metavar="job",
+                       help="print the composed pipeline (config groups and overrides applied) and exit "
+                            "without running (Hydra's --cfg job)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     train = sub.add_parser("train", parents=[piped], help="validate, then train a pipeline into a run directory",
@@ -526,6 +543,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     debug = bool(getattr(args, "debug", False))
     try:
+        if getattr(args, "cfg", None):
+            return cmd_print_config(args)
         return int(args.func(args) or 0)
     except BrokenPipeError:  # `cuvis-graph show ... | head`: the reader has what it wanted
         with contextlib.suppress(OSError, ValueError):
