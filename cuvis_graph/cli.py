@@ -103,6 +103,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    """``runs [DIR]``: the runs under DIR, newest first; ``--watch`` refreshes while one is running."""
+    import time
+
+    from .run_list import format_runs, run_rows
+
+    while True:
+        rows = run_rows(args.folder)
+        if args.watch and sys.stdout.isatty():
+            print("\033[2J\033[H", end="")  # clear the terminal between refreshes
+        _out(format_runs(rows, args.folder))
+        if not args.watch or not any(r.status == "running" for r in rows):
+            return 0
+        time.sleep(args.interval)
+        _out()
+
+
 def cmd_print_config(args: argparse.Namespace) -> int:
     """``--cfg job``: the composed pipeline as YAML (every sweep job with ``-m``); nothing runs."""
     from .spec import expand_sweeps, load_config
@@ -425,6 +442,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save-predictions", action="store_true",
                        help="also store the sink outputs over the prediction data as predictions.npz")
     train.set_defaults(func=cmd_train)
+
+    runs = sub.add_parser("runs", parents=[common], help="list the runs under a folder, newest first",
+                          description="List the runs under FOLDER (default: runs) from their run.json files: start, "
+                                      "pipeline, status (a dead 'running' reads as 'killed'), duration, key metrics, "
+                                      "folder.")
+    runs.add_argument("folder", nargs="?", default=os.environ.get("CUVIS_GRAPH_RUNS_ROOT", "runs"), type=_path_arg,
+                      help="folder to search (default: $CUVIS_GRAPH_RUNS_ROOT or runs)")
+    runs.add_argument("--watch", action="store_true", help="refresh while a run is going")
+    runs.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="refresh interval (default 2)")
+    runs.set_defaults(func=cmd_runs)
 
     validate = sub.add_parser("validate", parents=[piped], help="check a pipeline without training",
                               description="Compose, validate and compile the pipeline against the datamodule's "

@@ -43,3 +43,37 @@ def test_cfg_job_reports_a_bad_override_naming_it(tmp_path: Path, capsys, monkey
     monkeypatch.chdir(tmp_path)
     assert main(["validate", str(PIPELINE), "nodes.selector.params.n_select=3=4", "--cfg", "job"]) == 1
     assert "override 'nodes.selector.params.n_select=3=4'" in capsys.readouterr().err
+
+
+def test_runs_lists_every_run_newest_first_with_the_truth(tmp_path: Path, capsys) -> None:
+    import json
+    import shutil
+
+    runs = tmp_path / "runs"
+    tiny = ["data.params.n_train=2", "data.params.n_val=1", "data.params.n_test=0", "data.params.height=8",
+            "data.params.width=8", "data.params.n_bands=5", "training.trainer.enable_progress_bar=false"]
+    for _ in range(2):
+        assert main(["train", str(ROOT / "pipelines" / "rx_statistical.yaml"), *tiny, "--runs-dir", str(runs)]) == 0
+    first, second = sorted((runs / "rx_statistical").iterdir())
+    dead = first.parent / "20000101_000000_000"  # started long ago, its process gone without a word
+    shutil.copytree(first, dead)
+    record = json.loads((dead / "run.json").read_text())
+    record.update(status="running", started_at="2000-01-01T00:00:00+00:00", ended_at=None)
+    record["attempts"][-1].update(status="running", pid=2**22 + 1)
+    (dead / "run.json").write_text(json.dumps(record))
+    broken = first.parent / "19990101_000000_000"
+    broken.mkdir()
+    (broken / "run.json").write_text("{trunc")
+    capsys.readouterr()
+    assert main(["runs", str(runs), "--watch"]) == 0  # nothing running: one table, then done
+    lines = capsys.readouterr().out.strip().splitlines()
+    header, rows = lines[0].split(), lines[1:]
+    assert header[:4] == ["started", "pipeline", "status", "time"]
+    assert [row.split()[-1] if "unreadable" not in row else "broken" for row in rows] == [
+        f"rx_statistical/{second.name}", f"rx_statistical/{first.name}", "rx_statistical/20000101_000000_000",
+        "broken"]
+    statuses = [row.split()[3] for row in rows[:3]]
+    assert statuses == ["completed", "completed", "killed"] and "unreadable" in rows[3] and "not valid JSON" in rows[3]
+    metric = header[4]
+    value = json.loads((second / "run.json").read_text())["metrics"][metric]
+    assert rows[0].split()[5] == f"{value:.4g}"
