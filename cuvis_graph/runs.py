@@ -27,7 +27,10 @@ or ``failed`` (it lives on but ended the attempt); the next writer stores that.
 Resume: ``resume="auto"`` continues the newest run of the pipeline under the root that
 has ``checkpoints/last.ckpt``; ``resume=<run dir or .ckpt file>`` continues that one. A
 folder that is not a run, a checkpoint outside a run folder, a run trained with another
-pipeline or a run with nothing left to train are refused before anything is written.
+pipeline or a run with nothing left to train are refused before anything is written. So is
+a run whose checkpoint is gone although its ``stage_state.json`` records one written (deleted
+by hand): training it again from the start would discard its epochs without saying so. A run
+that never had a checkpoint (stopped during the statistical init) starts over.
 """
 
 from __future__ import annotations
@@ -469,14 +472,57 @@ def _resume_run(target: Path, pipeline: str) -> Run:
     else:
         last = run.last_checkpoint
         ckpt = last if last.is_file() else None
+        lost = _lost_checkpoint(target)
+        if lost is not None:
+            raise ResumeError(f"run {target} has no checkpoint to continue from ({lost}); train without --resume "
+                              "for a new run, or restore the file")
     if ckpt is not None:
         from .checkpoints import load_checkpoint
 
         load_checkpoint(ckpt)  # refuses a truncated file or one that needs pickle, before anything is written
     run.resume_checkpoint = ckpt
     run.resuming = ckpt is not None or (target / "stage_state.json").is_file()
-    log.warning("resuming run %s from %s", target, ckpt or ("its stage state" if run.resuming else "the start"))
+    staged = _stage_state(target).get("stages") not in (None, ["train"])
+    log.warning("resuming run %s from %s", target, ckpt or ("its stage state" if staged else
+                                                            "the start: no epoch had been checkpointed"))
     return run
+
+
+def _stage_state(run_dir: Path) -> dict[str, Any]:
+    """``stage_state.json`` of ``run_dir`` (``{}`` when absent or unreadable)."""
+    try:
+        state = json.loads((run_dir / "stage_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _lost_checkpoint(run_dir: Path) -> str | None:
+    """Why the checkpoint a resume of ``run_dir`` continues from is gone: its stage state records
+    a ``last.ckpt`` written (or the stage's folder keeps other checkpoints) but the file is
+    missing. ``None`` when it is there, or when the stage never had one (e.g. killed during the
+    statistical init): then the stage starts over and loses nothing."""
+    state = _stage_state(run_dir)
+    stages = state.get("stages") or ["train"]
+    single = stages == ["train"]
+    current = "train" if single else state.get("current_stage")
+    info = (state.get("stage_info") or {}).get(current) if current else None
+    if not isinstance(info, dict):
+        return None
+    folder = run_dir / "checkpoints" if single else run_dir / "checkpoints" / str(current)
+    last = folder / "last.ckpt"
+    if last.is_file():
+        return None
+    where = os.path.relpath(last, run_dir)
+    step = info.get("last_checkpoint_step")
+    if step is not None:
+        return f"{where} is missing; stage '{current}' had checkpointed its training up to step {step}"
+    kept = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+    if kept:
+        return f"{where} is missing; only {', '.join(kept)} is left of stage '{current}'"
+    if single and info.get("status") == "completed" and info.get("steps"):
+        return f"{where} is missing; the run had trained {info['steps']} step(s)"
+    return None
 
 
 # -- environment ------------------------------------------------------------------------------

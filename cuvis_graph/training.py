@@ -26,7 +26,10 @@ Resume (``resume="auto"`` or a run directory): completed stages are skipped; the
 current stage continues from its ``last.ckpt`` (weights, optimizer, epoch, RNG states),
 or, when it had not written one yet, starts over from the previous stage's
 ``final.ckpt``. Each stage seeds ``seed + index`` at its start, so either way the run
-ends as an uninterrupted one would.
+ends as an uninterrupted one would. Every ``last.ckpt`` written is noted in
+``stage_state.json`` (``last_checkpoint_step``): a resume whose checkpoint was deleted since
+is refused rather than started over. A run stopped after its last epoch (during the test
+split or the model save) resumes to those steps and keeps its recorded metrics and best.
 """
 
 from __future__ import annotations
@@ -448,7 +451,8 @@ class _StageRunner:
         checkpoint = next((c for c in cbs if isinstance(c, ModelCheckpoint)), None)
         trainer = pl.Trainer(**{**self.trainer_kwargs, "max_epochs": stage.max_epochs},
                              logger=MonitorLogger(self.hub, step_offset), callbacks=cbs,
-                             plugins=[AtomicCheckpointIO()], enable_checkpointing=checkpoint is not None,
+                             plugins=[_RecordedCheckpointIO(self.state, stage.name)],
+                             enable_checkpointing=checkpoint is not None,
                              enable_model_summary=False, default_root_dir=self.root)
         with warnings.catch_warnings():
             if resume_ckpt is not None:  # resuming writes into the run's own checkpoint folder on purpose
@@ -478,6 +482,23 @@ class _StageRunner:
             AtomicCheckpointIO().save_checkpoint({"state_dict": module.state_dict(), "global_step": steps,
                                                   "stage": stage.name}, path)
         return os.path.relpath(path, self.run.path)
+
+
+class _RecordedCheckpointIO(AtomicCheckpointIO):
+    """Atomic checkpoints; each ``last.ckpt`` written is noted in the stage state
+    (``last_checkpoint_step``), so that a resume can tell a run that never had a checkpoint
+    from one whose checkpoint was lost (:func:`cuvis_graph.runs.resume_target`)."""
+
+    def __init__(self, state: StageState, stage: str) -> None:
+        super().__init__()
+        self.state, self.stage = state, stage
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
+                        storage_options: Any | None = None) -> None:
+        super().save_checkpoint(checkpoint, path, storage_options)
+        if os.path.basename(path) == "last.ckpt":
+            self.state.info(self.stage)["last_checkpoint_step"] = int(checkpoint.get("global_step", 0))
+            self.state.save()
 
 
 class RunFiles(FileMonitor):

@@ -516,3 +516,28 @@ def test_interrupt_during_the_final_model_save_resumes_to_the_same_metrics_and_m
     assert ours == theirs  # the log keeps both epochs, once
     ours, theirs = (load_file(d / "model" / "weights.safetensors") for d in (run_dir, ref_dir))
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_resume_of_a_run_whose_checkpoints_were_deleted_refuses_instead_of_starting_over(workdir, capsys):
+    """B17: Ctrl-C a long run, delete its checkpoints (all, or only ``last.ckpt``): ``--resume`` names
+    the missing file instead of silently training every epoch again; nothing is written."""
+    process = start_training(workdir, "training.trainer.max_epochs=100000")
+    root = workdir / "runs" / "selector_rx_bce"
+    wait_until(training_started(root), process, "the first checkpoint")
+    process.send_signal(signal.SIGINT)
+    assert finish(process, workdir).rc == 130
+    (run_dir,) = root.iterdir()
+    assert raw_status(run_dir) == "interrupted" and (run_dir / "checkpoints" / "best.ckpt").is_file()
+    only_best = run_dir.with_name(run_dir.name + "_copy")
+    shutil.copytree(run_dir, only_best)
+    shutil.rmtree(run_dir / "checkpoints")
+    (only_best / "checkpoints" / "last.ckpt").unlink()
+    for target in (run_dir, only_best):
+        snapshot = TreeSnapshot(workdir)
+        for resume in (target, "auto") if target == only_best else (target,):  # auto: the newest run
+            line = cli([*TRAIN, "training.trainer.max_epochs=100000", "--resume", resume], capsys).fails_naming(
+                f"{target.name} has no checkpoint to continue from", "checkpoints/last.ckpt is missing",
+                "without --resume")
+            assert "Traceback" not in line
+        snapshot.assert_unchanged()
+        assert [a["status"] for a in read_run_json(target)["attempts"]] == ["interrupted"]
