@@ -11,7 +11,8 @@
         "statistics": {"status": "completed", "start_step": 0, "start_epoch": 0,
                        "steps": 0, "epochs": 0, "checkpoint": "checkpoints/statistics/final.ckpt",
                        "best": null, "metrics": {...}, "losses": {}, "trainable": [...], "refit": [...]},
-        "selector": {"status": "running", "start_step": 0, "start_epoch": 0, ...}
+        "selector": {"status": "running", "start_step": 0, "start_epoch": 0,
+                     "last_checkpoint_step": 40, ...}      # the stage's newest last.ckpt
       }
     }
 
