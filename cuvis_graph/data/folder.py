@@ -12,9 +12,10 @@ import json
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -126,6 +127,17 @@ class FileCubeDataset(Dataset):
                 log.warning("%s: %s", path, problem)
 
 
+@dataclass(eq=False)
+class _Header:
+    """What the scan reads of one file: kept band indices, band count, mask, kept wavelengths."""
+
+    path: Path
+    keep: np.ndarray
+    n_bands: int
+    has_mask: bool
+    wavelengths: np.ndarray | None
+
+
 def _byte_order_hint(cube: HyperspectralCube, window: np.ndarray) -> str:
     """``"; ... byte order = 1 ..."`` when the file declares a byte order and the other one reads finite."""
     if cube.byte_order is None or np.dtype(window.dtype).kind != "f":
@@ -184,7 +196,20 @@ class FolderDataModule(GraphDataModule):
 
     Channels, mask availability and wavelengths are read from the files' headers (the
     first access to :meth:`data_spec` or :meth:`setup`); every file must have the same
-    number of channels (after ``drop_bad_bands``).
+    number of channels (after ``drop_bad_bands``), the same bad bands (with
+    ``drop_bad_bands``) and the same wavelengths (where the files carry them).
+
+    **Bad files.** ``on_bad_file="fail"`` (default) refuses the first file that cannot be
+    read at that scan (unreadable header, truncated file, ...) or does not match the others.
+    ``"skip"`` leaves such files out of every split instead, each with a warning naming the
+    file and the reason: unreadable ones, then those whose channel count differs from most
+    files', whose bad bands are flagged differently, or whose wavelengths differ (ties go to
+    the group of the first file in sorted order). They are listed in :attr:`skipped_files`
+    (``[{"file", "reason"}]``; a training run copies them into ``run.json`` as
+    ``data.skipped_files``) and, when this datamodule writes ``splits_path``, in its
+    ``skipped`` entry (a reused split file is never rewritten; files it lists as skipped stay
+    out). Values problems found later, while pixels are read (non-finite values), still fail
+    naming the file in either mode: the scan reads headers, not every pixel.
 
     Args:
         folder: a folder (its cube files, see :func:`~cuvis_graph.data.list_cubes`) or a list of files.
@@ -198,6 +223,7 @@ class FolderDataModule(GraphDataModule):
         recursive: also take files in sub-folders.
         tile, stride, edge: serve tiles instead of whole scenes.
         batch_size: scenes (or tiles) per batch.
+        on_bad_file: ``"fail"`` or ``"skip"`` a file that is unreadable or inconsistent (above).
     """
 
     def __init__(self, folder: str | os.PathLike | Sequence[str | os.PathLike], val_fraction: float = 0.0,
@@ -205,8 +231,15 @@ class FolderDataModule(GraphDataModule):
                  val_on_train: bool = False, key: str | None = None, mask_key: str | None = None,
                  drop_bad_bands: bool = False, wavelengths: Sequence[float] | None = None, recursive: bool = False,
                  tile: int | Sequence[int] | None = None, stride: int | Sequence[int] | None = None,
-                 edge: Edge = "shift", batch_size: int = 1, num_workers: int = 0) -> None:
+                 edge: Edge = "shift", batch_size: int = 1, num_workers: int = 0,
+                 on_bad_file: Literal["fail", "skip"] = "fail") -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers)
+        if on_bad_file not in ("fail", "skip"):
+            raise ConfigError(f"on_bad_file: must be 'fail' or 'skip', got {on_bad_file!r}")
+        self.on_bad_file = on_bad_file
+        #: files left out by ``on_bad_file="skip"``: ``[{"file": name, "reason": ...}]``
+        self.skipped_files: list[dict[str, str]] = []
+        self._wrote_splits = False
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"{name}: must be in [0, 1), got {value}")
@@ -280,6 +313,11 @@ class FolderDataModule(GraphDataModule):
                 log.warning("%s was made with %s; reusing the saved split (delete the file for a new one)",
                             path, ", ".join(differs))
             assigned = set(placed)
+            before = saved.get("skipped") if self.on_bad_file == "skip" else None
+            for entry in before if isinstance(before, list) else []:
+                if isinstance(entry, dict) and entry.get("file") in known and entry["file"] not in assigned:
+                    assigned.add(entry["file"])  # skipped when the split was made: it stays out
+                    self.skipped_files.append({"file": entry["file"], "reason": str(entry.get("reason"))})
             left_out = [n for n in names if n not in assigned]
             if left_out:
                 log.warning("%s: %d file(s) not in the saved split are left out: %s", path, len(left_out),
@@ -289,15 +327,19 @@ class FolderDataModule(GraphDataModule):
         if not splits["train"]:
             raise ConfigError(f"val_fraction/test_fraction: no file left for training out of {len(names)}")
         if path is not None:
-            _write_json_atomic(path, {"root": str(self.root), "seed": self.seed, "val_fraction": self.val_fraction,
-                                      "test_fraction": self.test_fraction, **splits})
+            _write_json_atomic(path, self._split_record(splits))
+            self._wrote_splits = True
         return splits
 
+    def _split_record(self, splits: dict[str, list[str]]) -> dict[str, Any]:
+        skipped = {"skipped": list(self.skipped_files)} if self.skipped_files else {}
+        return {"root": str(self.root), "seed": self.seed, "val_fraction": self.val_fraction,
+                "test_fraction": self.test_fraction, **splits, **skipped}
+
     def write_splits(self, path: str | os.PathLike) -> Path:
-        """Save the current split as JSON to ``path`` (atomically)."""
+        """Save the current split (and the skipped files) as JSON to ``path`` (atomically)."""
         path = Path(path)
-        _write_json_atomic(path, {"root": str(self.root), "seed": self.seed, "val_fraction": self.val_fraction,
-                                  "test_fraction": self.test_fraction, **self.splits})
+        _write_json_atomic(path, self._split_record(self.splits))
         return path
 
     def split_files(self, split: str) -> list[Path]:
@@ -310,27 +352,30 @@ class FolderDataModule(GraphDataModule):
         """Channels, bands kept, mask availability and wavelengths from every used file."""
         if self._scanned:
             return
-        used = [f for k in SPLITS for f in self.split_files(k)]
+        headers = [h for h in (self._header(f) for k in SPLITS for f in self.split_files(k)) if h is not None]
+        if self.on_bad_file == "skip":
+            headers = self._consistent(headers)
+            self._leave_out_skipped()
+        used = [h.path for h in headers]
         channels: int | None = None
         first: Path | None = None
         wavelengths: np.ndarray | None = None
         wl_file: Path | None = None
         first_keep: np.ndarray | None = None
         n_masks = 0
-        for path in used:
-            cube = read_cube(path, mmap=True, **self.read_kwargs)
-            keep = cube.good_band_indices() if self.drop_bad_bands else np.arange(cube.n_bands)
+        for h in headers:
+            path, keep = h.path, h.keep
             if first_keep is None:
                 channels, first, first_keep = len(keep), path, keep
-                bands = keep if len(keep) != cube.n_bands else None
+                bands = keep if len(keep) != h.n_bands else None
             elif len(keep) != channels:
                 raise ReaderError(path, f"has {len(keep)} channels{' after dropping bad bands' * self.drop_bad_bands}"
                                   f", but {first} has {channels}; every file must have the same channel count")
             elif self.drop_bad_bands and not np.array_equal(keep, first_keep):
                 raise ReaderError(path, f"flags other bad bands than {first}; the kept bands would not correspond")
-            n_masks += cube.mask is not None
-            if cube.wavelengths is not None:
-                wl = cube.wavelengths[keep]
+            n_masks += h.has_mask
+            if h.wavelengths is not None:
+                wl = h.wavelengths
                 if wavelengths is None:
                     wavelengths, wl_file = wl, path
                 elif not np.allclose(wl, wavelengths, rtol=0, atol=1e-3):
@@ -350,6 +395,69 @@ class FolderDataModule(GraphDataModule):
             log.warning("%s: %d of %d files have no ground-truth mask; batches carry no 'mask'", self.root,
                         len(used) - n_masks, len(used))
         self._scanned = True
+
+    def _header(self, path: Path) -> _Header | None:
+        """What the scan needs of ``path``; ``None`` (skipped) when it cannot be read and ``on_bad_file="skip"``."""
+        try:
+            cube = read_cube(path, mmap=True, **self.read_kwargs)
+        except ReaderError as exc:
+            if self.on_bad_file == "fail":
+                raise
+            self._skip(path, str(exc).removeprefix(f"{exc.path}: "))
+            return None
+        keep = cube.good_band_indices() if self.drop_bad_bands else np.arange(cube.n_bands)
+        return _Header(path, keep, cube.n_bands, cube.mask is not None,
+                       None if cube.wavelengths is None else cube.wavelengths[keep])
+
+    def _consistent(self, headers: list[_Header]) -> list[_Header]:
+        """The files that agree with most files on channels, bad bands and wavelengths; the others skipped."""
+        suffix = " after dropping bad bands" * self.drop_bad_bands
+        headers = self._majority(headers, lambda a, b: len(a.keep) == len(b.keep),
+                                 lambda h, ref, n: f"has {len(h.keep)} channels{suffix}, but {n} of "
+                                                   f"{len(headers)} files have {len(ref.keep)} (e.g. {ref.path})")
+        if self.drop_bad_bands:
+            headers = self._majority(headers, lambda a, b: np.array_equal(a.keep, b.keep),
+                                     lambda h, ref, n: f"flags other bad bands than {n} of {len(headers)} files "
+                                                       f"(e.g. {ref.path}); the kept bands would not correspond")
+        with_wl = [h for h in headers if h.wavelengths is not None]
+        kept = self._majority(with_wl, lambda a, b: np.allclose(a.wavelengths, b.wavelengths, rtol=0, atol=1e-3),
+                              lambda h, ref, n: f"its wavelengths differ from those of {n} of {len(with_wl)} files "
+                                                f"(e.g. {ref.path}; max difference "
+                                                f"{np.abs(h.wavelengths - ref.wavelengths).max():.3g} nm)")
+        return [h for h in headers if h.wavelengths is None or h in kept]
+
+    def _majority(self, headers: list[_Header], same: Callable[[_Header, _Header], bool],
+                  reason: Callable[[_Header, _Header, int], str]) -> list[_Header]:
+        """The largest group of ``headers`` that are ``same`` as its first member (ties: the group
+        of the earliest file); the others are skipped with ``reason(header, reference, group size)``."""
+        groups: list[list[_Header]] = []
+        for h in headers:
+            group = next((g for g in groups if same(g[0], h)), None)
+            if group is None:
+                groups.append([h])
+            else:
+                group.append(h)
+        if len(groups) <= 1:
+            return headers
+        best = max(groups, key=len)
+        for h in headers:
+            if not any(h is b for b in best):
+                self._skip(h.path, reason(h, best[0], len(best)))
+        return best
+
+    def _skip(self, path: Path, reason: str) -> None:
+        log.warning("%s: skipped (on_bad_file='skip'): %s", path, reason)
+        self.skipped_files.append({"file": self._name(path), "reason": reason})
+
+    def _leave_out_skipped(self) -> None:
+        """Take the skipped files out of every split (and out of ``splits_path`` when it was written here)."""
+        skipped = {s["file"] for s in self.skipped_files}
+        self.splits = {k: [n for n in names if n not in skipped] for k, names in self.splits.items()}
+        if not self.splits["train"]:
+            raise ConfigError(f"on_bad_file: every training file was skipped ({len(self.skipped_files)} file(s), "
+                              f"first {self.skipped_files[0]['file']}: {self.skipped_files[0]['reason']})")
+        if self._wrote_splits and self.skipped_files:
+            _write_json_atomic(self.splits_path, self._split_record(self.splits))
 
     def data_spec(self) -> DataSpec:
         self._scan()
