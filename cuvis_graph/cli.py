@@ -50,11 +50,21 @@ def _out(text: str = "") -> None:
     print(text, flush=True)
 
 
-def _format_metrics(metrics: dict[str, float], indent: str = "  ") -> str:
+_THRESHOLD_FREE = ("auroc", "average_precision")
+
+
+def _metric_order(key: str) -> tuple[str, int, str]:
+    """Split (``val/``, ``test/``...) first, then threshold-free metrics (AUROC, AP), then the rest."""
+    split, _, rest = key.partition("/")
+    return split, 0 if rest.endswith(_THRESHOLD_FREE) else 1, rest
+
+
+def _format_metrics(metrics: dict[str, float | None], indent: str = "  ") -> str:
     if not metrics:
         return f"{indent}(none)"
     width = max(len(k) for k in metrics)
-    return "\n".join(f"{indent}{k:<{width}}  {v:.6g}" for k, v in sorted(metrics.items()))
+    return "\n".join(f"{indent}{k:<{width}}  {'undefined' if v is None else format(v, '.6g')}"
+                     for k, v in sorted(metrics.items(), key=lambda kv: _metric_order(kv[0])))
 
 
 def _load(args: argparse.Namespace, overrides: Sequence[str] | None = None, check: bool = True) -> Any:
@@ -242,11 +252,12 @@ def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) ->
         spec["overrides"] = list(overrides)
     root = args.runs_dir or pipeline.training.run.root
     resume = getattr(args, "resume", None)
-    joined = os.environ.get(RUN_DIR_ENV) if worker_rank() > 0 else None
-    if joined:  # a DDP rank started by Lightning: rank 0 owns the run directory and the output
-        pipeline.graph.train(pipeline.datamodule, pipeline.training, pipeline_spec=spec)
+    run_dir_arg = getattr(args, "run_dir", None)
+    joined = (os.environ.get(RUN_DIR_ENV) or run_dir_arg) if worker_rank() > 0 else None
+    if joined:  # a DDP rank > 0 (started by Lightning or on another node): rank 0 owns the run and the output
+        pipeline.graph.train(pipeline.datamodule, pipeline.training, run_dir=joined, pipeline_spec=spec)
         return Path(joined), {}
-    run = open_run(pipeline.name, root=root, resume=resume)
+    run = open_run(pipeline.name, root=root, run_dir=run_dir_arg, resume=resume)
     run_dir = run.path
     if not run.resuming:
         atomic_write_text(run_dir / "pipeline.yaml", pipeline.resolved_yaml())  # re-runnable as it is
@@ -431,8 +442,13 @@ def build_parser() -> argparse.ArgumentParser:
                                   "  cuvis-graph train -m pipelines/selector_rx_bce.yaml "
                                   "training.optimizer.lr=0.01,0.001",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    train.add_argument("-m", "--multirun", action="store_true",
-                       help="sweep comma-separated override values; one run directory per combination")
+    one_run = train.add_mutually_exclusive_group()
+    one_run.add_argument("-m", "--multirun", action="store_true",
+                         help="sweep comma-separated override values; one run directory per combination")
+    one_run.add_argument("--run-dir", metavar="DIR", type=_path_arg,
+                         help="train into DIR (created if needed) instead of a new folder under --runs-dir; on a "
+                              "cluster give every process the same DIR on shared storage: rank 0 writes it, the "
+                              "other ranks join it (docs/distributed.md)")
     train.add_argument("--resume", metavar="auto|RUN_DIR|CKPT",
                        help="continue a run from its last checkpoint / current stage, or from CKPT (a .ckpt file "
                             "in the run); 'auto': the newest run of this pipeline. The pipeline must be the run's "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torchmetrics import Metric
@@ -40,9 +40,11 @@ class BinaryDetectionState(Metric):
 
     full_state_update = False
 
-    def __init__(self, threshold: float, ranking: bool = True) -> None:
+    def __init__(self, threshold: float | None, ranking: bool = True) -> None:
         super().__init__()
-        self.threshold = threshold
+        if threshold is None and not ranking:
+            raise ValueError("an automatic threshold needs the scores: keep ranking=True or give a threshold")
+        self.threshold = threshold  # None: automatic, see :func:`auto_threshold`
         self.ranking = ranking
         for name in ("tp", "fp", "tn", "fn"):
             self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
@@ -54,18 +56,29 @@ class BinaryDetectionState(Metric):
     def update(self, scores: torch.Tensor, labels: torch.Tensor) -> None:
         scores = scores.detach().reshape(-1)
         labels = labels.detach().reshape(-1) > 0
+        if self.ranking:
+            self.scores.append(scores.float())
+            self.labels.append(labels)
+        if self.threshold is None:  # counted in compute, once the threshold is known
+            return
         predicted = scores > self.threshold
         # out-of-place: states may have been created under inference mode by a previous loop
         self.tp = self.tp + (predicted & labels).sum()
         self.fp = self.fp + (predicted & ~labels).sum()
         self.tn = self.tn + (~predicted & ~labels).sum()
         self.fn = self.fn + (~predicted & labels).sum()
-        if self.ranking:
-            self.scores.append(scores.float())
-            self.labels.append(labels)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        tp, fp, tn, fn = (x.double() for x in (self.tp, self.fp, self.tn, self.fn))
+        threshold = None
+        if self.threshold is None:
+            scores, labels = _cat(self.scores), _cat(self.labels)
+            threshold = auto_threshold(scores)
+            predicted = scores > threshold
+            counts = [(predicted & labels).sum(), (predicted & ~labels).sum(), (~predicted & ~labels).sum(),
+                      (~predicted & labels).sum()]
+        else:
+            counts = [self.tp, self.fp, self.tn, self.fn]
+        tp, fp, tn, fn = (x.double() for x in counts)
 
         def ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             return a / b if b > 0 else torch.zeros((), dtype=torch.float64)
@@ -75,6 +88,8 @@ class BinaryDetectionState(Metric):
             "iou": ratio(tp, tp + fp + fn), "accuracy": ratio(tp + tn, tp + tn + fp + fn),
             "specificity": ratio(tn, tn + fp),
         }
+        if threshold is not None:
+            out["threshold"] = torch.tensor(threshold, dtype=torch.float64)
         if self.ranking:
             scores = _cat(self.scores)
             labels = _cat(self.labels)
@@ -85,6 +100,17 @@ class BinaryDetectionState(Metric):
             self.undefined = {key: f"the labels hold one class only: {counts}"
                               for key in ("auroc", "average_precision") if torch.isnan(out[key])}
         return out
+
+
+def auto_threshold(scores: torch.Tensor) -> float:
+    """0.5 when every score lies in [0, 1] (probabilities), else ``mean + 3 std`` of the scores
+    (the classic RX detection rule, on the evaluated data), in float64."""
+    s = scores.double()
+    if s.numel() == 0:
+        return 0.5
+    if bool(((s >= 0) & (s <= 1)).all()):
+        return 0.5
+    return float(s.mean() + 3.0 * s.std(correction=0))
 
 
 def _cat(x: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
@@ -99,25 +125,33 @@ class AnomalyDetectionMetrics(MetricNode):
 
     A pixel is predicted anomalous when the parent output ``> threshold``, applied to
     exactly what the parent outputs (no hidden sigmoid): ``threshold=0`` on logits means
-    probability 0.5. AUROC and average precision rank the raw outputs.
+    probability 0.5. AUROC and average precision rank the raw outputs; they need no
+    threshold and come first in the printed summaries.
 
     Args:
         threshold: decision threshold on the parent output; default 0.0 for logits
-            (``from_logits=True``) and 0.5 for probabilities.
+            (``from_logits=True``); for other outputs ``"auto"``: 0.5 when every evaluated
+            output lies in [0, 1] (probabilities), else ``mean + 3 std`` of the evaluated
+            outputs (the classic RX rule, fitting raw RX scores of any scale), reported as
+            ``<leaf>/threshold``.
         from_logits: the parent outputs logits (else probabilities or scores).
         ranking: also compute AUROC and average precision (keeps all scores).
     """
 
     needs_labels = True
 
-    def __init__(self, threshold: float | None = None, from_logits: bool = True, ranking: bool = True,
-                 name: str | None = None, label_source: str | None = None) -> None:
+    def __init__(self, threshold: float | Literal["auto"] | None = None, from_logits: bool = True,
+                 ranking: bool = True, name: str | None = None, label_source: str | None = None) -> None:
         super().__init__(name=name, label_source=label_source)
-        self.threshold = float(threshold) if threshold is not None else (0.0 if from_logits else 0.5)
+        if threshold is None:
+            threshold = 0.0 if from_logits else "auto"
+        if threshold == "auto" and not ranking:
+            raise ValueError("threshold 'auto' needs the evaluated scores: keep ranking=True or give a number")
+        self.threshold = threshold if threshold == "auto" else float(threshold)
         self.from_logits, self.ranking = from_logits, ranking
 
     def create_metrics(self) -> Metric:
-        return BinaryDetectionState(self.threshold, self.ranking)
+        return BinaryDetectionState(None if self.threshold == "auto" else self.threshold, self.ranking)
 
     def update_metrics(self, metrics: Metric, output: torch.Tensor, batch: Mapping[str, Any]) -> None:
         scores = output.squeeze(-1) if output.ndim == 4 else output

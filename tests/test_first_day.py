@@ -77,3 +77,14 @@ def test_runs_lists_every_run_newest_first_with_the_truth(tmp_path: Path, capsys
     metric = header[4]
     value = json.loads((second / "run.json").read_text())["metrics"][metric]
     assert rows[0].split()[5] == f"{value:.4g}"
+
+
+def test_printed_metrics_put_threshold_free_ones_first_and_say_undefined() -> None:
+    from cuvis_graph.cli import _format_metrics
+
+    text = _format_metrics({"val/detection/f1": 0.5, "val/detection/auroc": 0.9, "val/loss": 1.0,
+                            "val/detection/average_precision": None, "test/detection/auroc": 0.8})
+    keys = [line.split()[0] for line in text.splitlines()]
+    assert keys == ["test/detection/auroc", "val/detection/auroc", "val/detection/average_precision",
+                    "val/detection/f1", "val/loss"]
+    assert text.splitlines()[2].split()[1] == "undefined"

@@ -197,3 +197,43 @@ def test_pca_metrics_reject_parents_without_components() -> None:
     with pytest.raises(CompileError) as info:
         graph.compile(GraphDataModule.from_arrays(cubes))
     assert "leaf 'ev'" in str(info.value) and "leaf 'ortho'" in str(info.value)
+
+
+def test_raw_scores_get_the_mean_plus_three_sigma_threshold() -> None:
+    """RX scores around 200: a 0.5 threshold would call every pixel anomalous; 'auto' uses
+    mean + 3 std of the evaluated scores (numpy float64 reference) and reports it."""
+    from cuvis_graph.nodes import AnomalyDetectionMetrics
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(3)
+    labels = rng.random((2, 20, 20)) < 0.02
+    scores = rng.chisquare(30, (2, 20, 20)) * 7 + labels * 400
+    leaf = AnomalyDetectionMetrics(from_logits=False)
+    state = leaf.create_metrics()
+    for s, y in zip(scores, labels, strict=True):  # two batches
+        leaf.update_metrics(state, torch.tensor(s[None, ..., None], dtype=torch.float32), {"target": torch.tensor(y[None])})
+    out = {k: float(v) for k, v in state.compute().items()}
+    flat = scores.astype(np.float32).astype(np.float64).ravel()
+    expected = flat.mean() + 3 * flat.std()
+    assert out["threshold"] == pytest.approx(expected, rel=1e-6)
+    assert out["f1"] == pytest.approx(f1_score(labels.ravel(), flat > expected), abs=1e-12)
+    assert out["f1"] > 0.9
+
+
+def test_probabilities_keep_the_half_threshold() -> None:
+    from cuvis_graph.nodes import AnomalyDetectionMetrics
+
+    leaf = AnomalyDetectionMetrics(from_logits=False)
+    state = leaf.create_metrics()
+    probs = torch.tensor([[[0.1, 0.6], [0.4, 0.9]]])
+    leaf.update_metrics(state, probs, {"target": torch.tensor([[[0, 1], [1, 1]]])})
+    out = state.compute()
+    assert float(out["threshold"]) == 0.5 and float(out["recall"]) == pytest.approx(2 / 3)
+
+
+def test_auto_threshold_needs_the_scores() -> None:
+    from cuvis_graph.nodes import AnomalyDetectionMetrics
+
+    with pytest.raises(ValueError, match="'auto' needs the evaluated scores"):
+        AnomalyDetectionMetrics(from_logits=False, ranking=False)
+    assert AnomalyDetectionMetrics(from_logits=False, ranking=False, threshold=0.5).threshold == 0.5
