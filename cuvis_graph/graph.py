@@ -238,6 +238,8 @@ class Graph:
         Every call trains into a run directory (see :mod:`cuvis_graph.runs`):
         ``run_dir`` when given, else a new ``<runs_root or config.run.root>/<graph name>/<stamp>/``;
         ``run_dir=False`` trains without one (no files, no checkpoints, no resume).
+        Under DDP every process may pass the same ``run_dir`` (on shared storage for several
+        nodes): rank 0 writes it, the processes of rank > 0 join it and write nothing.
         ``resume="auto"`` continues the newest run of this graph from its ``last.ckpt``
         (``resume=<run dir | .ckpt>`` a given one) without repeating statistical init.
         ``callbacks``: extra Lightning callbacks; one that raises is reported and skipped.
@@ -251,8 +253,8 @@ class Graph:
         quiet_lightning()
         if run_dir is False:
             return train_graph(self, datamodule, config, callbacks, refit, None)
-        joined = os.environ.get(RUN_DIR_ENV)
-        if worker_rank() > 0 and joined:  # a DDP rank started by Lightning: rank 0 owns the run directory
+        joined = os.environ.get(RUN_DIR_ENV) or run_dir
+        if worker_rank() > 0 and joined:  # a DDP rank > 0: rank 0 owns the run directory
             ckpt = os.environ.get(RESUME_CKPT_ENV)
             worker = Run(Path(joined), self.name, resume_checkpoint=Path(ckpt) if ckpt else None,
                          resuming=os.environ.get(RESUMING_ENV) == "1")
@@ -344,7 +346,8 @@ def quiet_lightning() -> None:
                     ".*smaller than the logging interval.*", ".*LeafSpec.*is deprecated.*",
                     ".*GPU available but not used.*", ".*`training_step` returned `None`.*",
                     ".*module\\(s\\) in eval mode at the start of training.*",
-                    ".*when logging on epoch level in distributed setting.*"):
+                    ".*when logging on epoch level in distributed setting.*",
+                    ".*configure_optimizers` returned `None`.*"):  # statistics-only fits (e.g. under DDP)
         warnings.filterwarnings("ignore", message=pattern)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
                  "lightning.fabric.utilities.rank_zero"):
