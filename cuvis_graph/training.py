@@ -174,6 +174,8 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
         datamodule.setup("fit")
     plan = graph.compile(datamodule, for_training=config.trains)
     graph.data_spec = datamodule.data_spec() if hasattr(datamodule, "data_spec") else None
+    if writes and getattr(datamodule, "skipped_files", None):  # files a folder datamodule left out
+        run.record["data"] = {"skipped_files": list(datamodule.skipped_files)}
     kwargs, world = distributed_trainer_kwargs(config.trainer.trainer_kwargs())
     distributed = world > 1
     if distributed and writes:  # ranks 1..N-1 re-run the script: tell them which run to join
