@@ -7,7 +7,9 @@ seed=0, split=1)``, batch 8. Pipelines, with cuvis-graph's defaults:
 * (a) ``MinMaxNormalizer(per_channel=False)`` (one global min/max, as that system) ->
   ``RXGlobal``: statistics only (``graph.train(max_epochs=0)``), then scoring of the 64 cubes;
 * (b) ``SoftChannelSelector(15)`` -> ``RXGlobal`` (statistics frozen) -> ``RXLogitHead`` +
-  ``AnomalyBCEWithLogits`` + ``AnomalyDetectionMetrics``; Adam (lr 0.01), 2 epochs.
+  ``AnomalyBCEWithLogits`` + ``AnomalyDetectionMetrics``; Adam (lr 0.01), 2 epochs. The BCE loss
+  reads ``batch.mask``, so RX's default ``use_background_mask="auto"`` fits its statistics on the
+  background pixels (printed); in (a) there is no loss and RX is exact, on all pixels.
 
 Baseline, measured in the same run (interleaved): hand-written float32 torch loops of the same
 arithmetic, what that system runs: (a) a min/max pass and a float32 ``sum`` / ``X^T X`` pass
@@ -18,7 +20,8 @@ head, ``binary_cross_entropy_with_logits`` and Adam, on pre-collated batches.
 Printed: val AUROC / AP / F1 at logit 0 (scikit-learn, all validation pixels) for the graph and
 the hand loop, ms per training step (median of the steps, forward + backward + optimizer:
 Lightning's ``on_train_batch_start`` to ``on_train_batch_end``), statistical init seconds, and
-the ratios graph / hand loop. The other system measured 48.8 ms per step and 0.142 s of init
+the ratios graph / hand loop. Quality goals with the defaults: AUROC >= 0.998, AP >= 0.95,
+F1 at logit 0 >= 0.77 (issue "The flagship pipeline"). The other system measured 48.8 ms per step and 0.142 s of init
 (``../shared/bench/README.md``); the goals are 0.8x of those (39 ms, 0.11 s) on that machine.
 """
 
@@ -230,6 +233,7 @@ def main() -> None:
         logits = graph.predict(val_cubes, output=head.name).numpy()
         results["graph_quality"].append(quality(logits, val_m))
         state["trained"] = (sel.logits.detach().clone(), float(head.alpha), float(head.beta))
+        state["fitted_on"] = rx.fitted_on
         return median(timer.seconds[skip:] or timer.seconds)
 
     def train_hand() -> float:
@@ -257,14 +261,19 @@ def main() -> None:
     print(f"  (a) scoring of the {n_train} train cubes (graph.predict): {median(results['predict']):.3f} s")
     print(f"  (b) ms/step     graph {median(step['graph']) * 1e3:.1f}   hand float32 {median(step['hand']) * 1e3:.1f}"
           f"   ratio {step_ratio:.2f}   (that system 48.8 ms; goal 0.8x = {GOAL * OTHER_MS_PER_STEP:.1f} ms there)")
-    print(f"  (b) val quality graph AUROC {gq[0]:.6f}  AP {gq[1]:.4f}  F1@0 {gq[2]:.3f}")
+    print(f"  (b) RX statistics fitted on {state['fitted_on']}")
+    print(f"  (b) val quality graph AUROC {gq[0]:.6f}  AP {gq[1]:.4f}  F1@0 {gq[2]:.3f}   "
+          f"(goals >= 0.998 / 0.95 / 0.77)")
     print(f"  (b) val quality hand  AUROC {hq[0]:.6f}  AP {hq[1]:.4f}  F1@0 {hq[2]:.3f}   "
           f"trained head alpha/beta max |graph - hand| {head_diff:.1e}")
     report("REF", "(a) stat init graph / hand float32 loop", init_ratio, unit="x")
     report("REF", "(a) stat init [s]", median(init["graph"]), unit=" s", fmt=".3f")
     report("REF", "(b) ms/step graph / hand float32 loop", step_ratio, unit="x")
     report("REF", "(b) ms per training step", median(step["graph"]) * 1e3, unit=" ms", fmt=".1f")
-    report("REF", "(b) val AUROC (sklearn, all pixels)", gq[0], fmt=".5f")
+    for what, value, goal, fmt in (("AUROC", gq[0], 0.998, ".5f"), ("AP", gq[1], 0.95, ".4f"),
+                                   ("F1 at logit 0", gq[2], 0.77, ".4f")):
+        report("REF", f"(b) val {what} (sklearn, all pixels)", value, goal=f">= {goal}",
+               met=None if args.quick else value >= goal, fmt=fmt)
 
 
 if __name__ == "__main__":

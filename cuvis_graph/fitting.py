@@ -142,6 +142,10 @@ def fit_statistics(
     for depth, names in enumerate(levels, 1):
         folded = {name: fold_affine_parents(plan, plan.step(name)) for name in names}
         needed = _sources_ancestors(plan, [step for step, _ in folded.values()])
+        for name in names:  # nodes whose statistics depend on the graph (RXGlobal's use_background_mask="auto")
+            prepare = getattr(plan.step(name).node, "prepare_statistics", None)
+            if prepare is not None:
+                prepare(plan, name)
         accumulators: dict[str, dict[str, Accumulator]] = {}
         loader = loader_factory()
         desc = f"statistics {depth}/{len(levels)} ({', '.join(names)})"

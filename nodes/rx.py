@@ -6,11 +6,18 @@ import logging
 import math
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from cuvis_graph.leaves import LossNode
 from cuvis_graph.node import Node, PortSpec
 from cuvis_graph.registry import register
-from cuvis_graph.statistics import Accumulator, MomentAccumulator, StatisticsError
+from cuvis_graph.statistics import (
+    Accumulator,
+    MomentAccumulator,
+    StatisticsError,
+    distributed_ready,
+)
 
 __all__ = ["RXGlobal", "whitening_from_covariance", "degenerate_bands"]
 
@@ -27,6 +34,60 @@ MAX_REGULARIZER = 1e-3
 
 #: Meanings of RXGlobal's ``eps``.
 EPS_MODES = ("relative", "absolute")
+
+#: Values of RXGlobal's ``use_background_mask``.
+BACKGROUND_MASK_MODES = (True, False, "auto")
+
+
+def background_mask_decision(plan, name: str, setting: bool | str = "auto") -> tuple[bool, str]:
+    """Whether RX node ``name`` of a compiled ``plan`` fits its statistics on background pixels
+    only, and why (for logs and ``repr``).
+
+    ``True`` / ``False`` are taken as given. ``"auto"`` is on exactly when the node's ``mask``
+    port is wired and a loss leaf of the plan is trained on the same labels (its label source
+    is the source of that port, e.g. ``batch.mask`` or a label node's output): the pipeline is
+    supervised and the pixels the loss calls anomalous are known. Otherwise (statistics-only
+    pipelines, metric leaves only, a loss on other labels) all pixels are used: exact,
+    unsupervised RX.
+    """
+    if setting is not True and setting is not False and setting != "auto":
+        raise ValueError(f"use_background_mask must be one of {BACKGROUND_MASK_MODES}, got {setting!r}")
+    if setting is not True and setting is not False:
+        source = plan.step(name).inputs.get("mask")
+        losses = [b.name for b in plan.leaves
+                  if isinstance(b.leaf, LossNode) and b.target is not None and b.target == source]
+        if source is not None and losses:
+            return True, f"use_background_mask='auto': loss {', '.join(repr(n) for n in losses)} reads {source}"
+        return False, "use_background_mask='auto': no loss leaf reads this node's mask"
+    return setting, f"use_background_mask={setting}"
+
+
+class PixelCount(Accumulator):
+    """Number of pixels offered to the statistics (before any background selection)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.device = torch.device("cpu")
+
+    def update(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        self.n += x[..., 0].numel() if weights is None else int((weights > 0).sum())
+        self.device = x.device
+
+    def merge(self, other: Accumulator) -> None:
+        self.n += other.count
+
+    def affine_(self, scale: torch.Tensor, offset: torch.Tensor) -> None:
+        """A per-channel affine map of the pixels does not change their number."""
+
+    def all_reduce(self) -> None:
+        if distributed_ready():
+            n = torch.tensor([float(self.n)], dtype=torch.float64, device=self.device)
+            dist.all_reduce(n)
+            self.n = int(round(n.item()))
+
+    @property
+    def count(self) -> int:
+        return self.n
 
 
 def whitening_from_covariance(cov: torch.Tensor, eps: float, where: str = "RX",
@@ -106,9 +167,28 @@ class RXGlobal(Node):
     """Global RX: ``score(x) = (x - mu)^T Sigma^{-1} (x - mu)`` per pixel.
 
     ``[B,H,W,C]`` -> scores ``[B,H,W,1]``. ``mu`` and ``Sigma = scatter / (N - 1)`` come
-    from float64 streaming moments over the training pixels; ``Sigma + delta * I`` is
+    from float64 streaming moments over the training pixels ``P``; ``Sigma + delta * I`` is
     factorised by Cholesky, ``L L^T``, and the score is ``||W (x - mu)||^2`` with the
     lower-triangular ``W = L^{-1}``, computed in float64.
+
+    Which pixels ``P`` (``use_background_mask``)::
+
+        P = {p : mask_p == 0}   (background)      or      P = all pixels   (exact RX)
+        mu = mean_{p in P} x_p,   Sigma = sum_{p in P} (x_p - mu)(x_p - mu)^T / (|P| - 1)
+
+    RX rejects what the covariance has seen: fitted on all pixels, the anomalies of the
+    training scenes add their own direction to ``Sigma`` (their scatter ``~ f (t - mu)(t - mu)^T``
+    for a fraction ``f`` of pixels with signature ``t``), and ``Sigma^{-1}`` then discounts
+    exactly that direction, so the detector partly learns the anomalies as normal. On the
+    reference workload (0.6 % sub-pixel targets) that eigenvalue is ~100x the noise floor and
+    costs ~0.02 AUROC (benchmarks/README.md). The default ``"auto"`` uses the background
+    only when the labels are part of training: the node's ``mask`` port is wired and a loss
+    leaf of the graph is trained on those same labels (its label source is the port's source:
+    ``batch.mask``, or a label node such as ``BinaryLabelMapper`` when the port is wired to it).
+    In a statistics-only pipeline (no loss; metric leaves do not count) every pixel is used,
+    which is exact, unsupervised RX (the published ABU reproduction). Batches without a
+    mask contribute all their pixels. After a fit, ``repr(node)`` and the log (INFO) say how
+    many pixels of how many were used and why.
 
     Precision of the score: inference (no gradients) scores in float64. Training with frozen
     statistics runs in the input dtype when it is float32: ``W`` (float64 Cholesky, once per
@@ -139,8 +219,10 @@ class RXGlobal(Node):
             regulariser much above the noise variance shrinks RX towards the Euclidean
             distance ``||x - mu||^2 / delta``.
         trainable_stats: learn ``D`` and ``d`` by gradient descent.
-        use_background_mask: exclude pixels with ``mask > 0`` from the statistics (when
-            the batch has a mask).
+        use_background_mask: ``"auto"`` (default): background pixels (``mask == 0``) when a loss
+            leaf is trained on the labels this node's ``mask`` port reads, all pixels otherwise
+            (above); ``True``: always exclude pixels with ``mask > 0`` (when the batch has a
+            mask); ``False``: always all pixels.
     """
 
     INPUTS = {
@@ -153,31 +235,57 @@ class RXGlobal(Node):
     #: fitted affine parents (normalizers) are folded into the moments of ``x`` during the fit
     folds_affine_inputs = ("x",)
 
-    def __init__(self, eps: float = 1e-12, trainable_stats: bool = False, use_background_mask: bool = False,
+    def __init__(self, eps: float = 1e-12, trainable_stats: bool = False, use_background_mask: bool | str = "auto",
                  eps_mode: str = "relative", name: str | None = None) -> None:
         super().__init__(name=name)
         if eps < 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
         if eps_mode not in EPS_MODES:
             raise ValueError(f"eps_mode must be one of {EPS_MODES}, got {eps_mode!r}")
+        if use_background_mask is not True and use_background_mask is not False and use_background_mask != "auto":
+            raise ValueError(f"use_background_mask must be one of {BACKGROUND_MASK_MODES}, got {use_background_mask!r}")
         self.eps_mode = eps_mode
         self.eps, self.trainable_stats, self.use_background_mask = eps, trainable_stats, use_background_mask
+        #: ``"auto"`` resolved by :meth:`prepare_statistics` (``None``: no plan seen, all pixels)
+        self._auto_decision: tuple[bool, str] | None = None
+        #: which pixels the statistics were fitted on (set by :meth:`finalize_statistics`)
+        self.fitted_on: str | None = None
         self.register_buffer("mean", torch.zeros(0, dtype=torch.float64))
         self.register_buffer("whitening", torch.zeros(0, 0, dtype=torch.float64))
         if trainable_stats:
             self.factor_update = nn.Parameter(torch.zeros(0, 0, dtype=torch.float64))
             self.mean_update = nn.Parameter(torch.zeros(0, dtype=torch.float64))
 
+    def prepare_statistics(self, plan, name: str) -> None:
+        """Resolve ``use_background_mask`` against the compiled ``plan`` (the statistics pass
+        calls this before streaming; see :func:`background_mask_decision`)."""
+        self._auto_decision = background_mask_decision(plan, name, self.use_background_mask)
+
+    def _background_only(self) -> tuple[bool, str]:
+        """``(fit on background pixels only, why)``; an explicit ``True`` / ``False`` always wins."""
+        if self.use_background_mask is True or self.use_background_mask is False:
+            return self.use_background_mask, f"use_background_mask={self.use_background_mask}"
+        return self._auto_decision or (False, "use_background_mask='auto' without a graph: all pixels")
+
     def create_accumulators(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, Accumulator]:
-        return {"moments": MomentAccumulator(x.shape[-1], full_covariance=True)}
+        return {"moments": MomentAccumulator(x.shape[-1], full_covariance=True), "pixels": PixelCount()}
 
     def update_statistics(self, accumulators: dict[str, Accumulator], x: torch.Tensor,
                           mask: torch.Tensor | None = None) -> None:
-        weights = (mask == 0) if (self.use_background_mask and mask is not None) else None
+        weights = (mask == 0) if (mask is not None and self._background_only()[0]) else None
         accumulators["moments"].update(x, weights)
+        if "pixels" in accumulators:
+            accumulators["pixels"].update(x)
 
     def finalize_statistics(self, accumulators: dict[str, Accumulator]) -> None:
         acc = accumulators["moments"]
+        total = accumulators["pixels"].count if "pixels" in accumulators else acc.count
+        background, reason = self._background_only()
+        if background:
+            self.fitted_on = f"{acc.count} background pixels (mask == 0) of {total}; {reason}"
+        else:
+            self.fitted_on = f"all {total} pixels; {reason}"
+        log.info("%s (RXGlobal): statistics fitted on %s", self.name, self.fitted_on)
         acc.require_rank(acc.dim, "a full-rank covariance")
         device = self.mean.device
         self.mean = acc.mean.to(device)
@@ -190,6 +298,9 @@ class RXGlobal(Node):
                                               requires_grad=requires_grad)
             self.mean_update = nn.Parameter(torch.zeros(c, dtype=torch.float64, device=device),
                                             requires_grad=requires_grad)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", statistics fitted on {self.fitted_on}" if self.fitted_on else "")
 
     def is_trainable(self) -> bool:
         return self.trainable_stats and not self._frozen

@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from cuvis_graph.nodes import AnomalyBCEWithLogits, RXGlobal, RXLogitHead, SoftChannelSelector
+from cuvis_graph.nodes import (
+    AnomalyBCEWithLogits,
+    AnomalyDetectionMetrics,
+    BinaryLabelMapper,
+    RXGlobal,
+    RXLogitHead,
+    SoftChannelSelector,
+)
 
 from cuvis_graph import Graph
 from cuvis_graph.data import GraphDataModule, SyntheticHSIDataModule
@@ -116,6 +123,66 @@ def test_eps_modes_match_numpy_float64_whitening(eps_mode: str, eps: float) -> N
 def test_unknown_eps_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="eps_mode"):
         RXGlobal(eps_mode="percent")
+
+
+def _labelled_scenes() -> tuple[np.ndarray, np.ndarray]:
+    """Correlated 5-band pixels with class ids 0 (background), 1 and 2; class 1 pixels sit far away."""
+    rng = np.random.default_rng(11)
+    cubes = (rng.normal(size=(3, 12, 12, 5)) @ rng.normal(size=(5, 5)) + 2.0).astype(np.float32)
+    ids = rng.choice(3, size=(3, 12, 12), p=[0.8, 0.1, 0.1]).astype(np.int64)
+    cubes[ids == 1] += np.float32(20.0)
+    return cubes, ids
+
+
+def _rx_with(leaves: str, rx_setting: bool | str = "auto") -> Graph:
+    graph = Graph("modes")
+    kwargs = {} if rx_setting == "auto" else {"use_background_mask": rx_setting}
+    if leaves in ("mapped loss, rx on batch.mask", "mapped loss, rx on mapper"):
+        mapper = graph.add_node(BinaryLabelMapper(normal_class_ids=[0, 2]), name="mapper")
+        parent = {"x": "batch.cube", "mask": mapper} if leaves.endswith("mapper") else None
+        rx = graph.add_node(RXGlobal(**kwargs), parent=parent, name="rx")
+    else:
+        rx = graph.add_node(RXGlobal(**kwargs), name="rx")
+    if leaves == "metric":
+        graph.add_leaf_node(AnomalyDetectionMetrics(from_logits=False), parent=rx, name="metrics")
+    elif leaves != "none":
+        head = graph.add_node(RXLogitHead(), parent=rx, name="head")
+        graph.add_leaf_node(AnomalyBCEWithLogits(), parent=head, name="bce")
+    return graph
+
+
+@pytest.mark.parametrize("leaves, rx_setting, used", [
+    ("none", "auto", "all"),                          # statistics only: exact, unsupervised RX
+    ("metric", "auto", "all"),                        # a metric reads the labels, no loss trains on them
+    ("loss", "auto", "background"),                   # supervised: the loss reads batch.mask, so does RX
+    ("loss", False, "all"),                           # explicit settings win
+    ("none", True, "background"),
+    ("mapped loss, rx on batch.mask", "auto", "all"),  # the loss trains on other labels than RX reads
+    ("mapped loss, rx on mapper", "auto", "mapped background"),
+])
+def test_statistics_pixels_follow_use_background_mask(leaves: str, rx_setting, used: str) -> None:
+    """``use_background_mask="auto"`` fits on the background exactly when a loss leaf is trained on
+    the labels RX's mask port reads; the fitted mean and covariance equal numpy float64 ones of
+    those pixels (``np.cov``, N - 1) to 1e-10 relative."""
+    cubes, ids = _labelled_scenes()
+    graph = _rx_with(leaves, rx_setting)
+    graph.train(GraphDataModule.from_arrays(cubes, ids, batch_size=2), {"trainer": {"max_epochs": 0, **QUIET}},
+                run_dir=False)
+    rx = graph["rx"]
+    keep = {"all": np.ones(ids.shape, bool), "background": ids == 0, "mapped background": np.isin(ids, [0, 2])}[used]
+    pixels = cubes[keep].astype(np.float64)
+    mean, cov = pixels.mean(axis=0), np.cov(pixels, rowvar=False)
+    np.testing.assert_allclose(rx.mean.numpy(), mean, rtol=1e-10, atol=0)
+    delta = 1e-12 * np.trace(cov) / cov.shape[0]  # the default relative regulariser
+    fitted = np.linalg.inv(rx.covariance_inverse.numpy()) - delta * np.eye(cov.shape[0])
+    np.testing.assert_allclose(fitted, cov, rtol=0, atol=1e-10 * np.abs(cov).max())
+    expected = f"{keep.sum()} background pixels (mask == 0) of {ids.size}" if used != "all" else f"all {ids.size} pixels"
+    assert rx.fitted_on.startswith(expected) and expected in repr(rx)
+
+
+def test_unknown_use_background_mask_is_refused() -> None:
+    with pytest.raises(ValueError, match="use_background_mask"):
+        RXGlobal(use_background_mask="yes")
 
 
 def _selector_graph(**selector_kwargs) -> Graph:

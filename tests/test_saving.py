@@ -140,7 +140,7 @@ def test_files_and_meta(model_dir: Path) -> None:
     assert {"norm.min", "norm.max", "norm._fitted", "rx.mean", "rx.whitening", "rx._fitted"} <= set(weights)
     config = yaml.safe_load((model_dir / "pipeline.yaml").read_text())
     assert config["nodes"]["rx"] == {"type": "RXGlobal", "params": {"eps": 1e-9, "trainable_stats": False,
-                                                                    "use_background_mask": False, "eps_mode": "relative"},
+                                                                    "use_background_mask": "auto", "eps_mode": "relative"},
                                      "parent": "norm"}
 
 

@@ -74,7 +74,7 @@ def test_python_graph_round_trips_through_yaml() -> None:
     text = graph.to_yaml()
     data = yaml.safe_load(text)
     assert data["nodes"]["rx"] == {"type": "RXGlobal", "params": {"eps": 1e-9, "trainable_stats": False,
-                                                                  "use_background_mask": False, "eps_mode": "relative"},
+                                                                  "use_background_mask": "auto", "eps_mode": "relative"},
                                    "parents": {"x": "both", "mask": "batch.mask"}}
     assert data["nodes"]["both"]["parent"] == ["norm", "std"]  # variadic port
     assert data["leaves"]["metrics"]["parent"] == "head.logits"
