@@ -201,19 +201,46 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         jobs, pipelines = _as_started(args, jobs[0], pipelines[0])
     if args.multirun:
-        _out(f"multirun: {len(jobs)} job(s)")
-    results = []
-    for i, (job, pipeline) in enumerate(zip(jobs, pipelines, strict=True)):
-        pipelines[i] = None  # free the previous job's data as we go
-        if args.multirun:
-            _out(f"\n[{i + 1}/{len(jobs)}] {' '.join(job) or '(no overrides)'}")
-        results.append(_train_one(args, pipeline, job))
-    if args.multirun:
-        _out("\nmultirun summary:")
-        for job, (run_dir, metrics) in zip(jobs, results, strict=True):
-            key = next((k for k in ("val/loss", "train/loss") if k in metrics), None)
-            extra = f"  {key}={metrics[key]:.6g}" if key else ""
-            _out(f"  {run_dir}  {' '.join(job)}{extra}")
+        return _sweep(args, jobs, pipelines)
+    _train_one(args, pipelines[0], jobs[0])
+    return 0
+
+
+def _sweep(args: argparse.Namespace, jobs: list[list[str]], pipelines: list[Any]) -> int:
+    """``-m``: every job into ``<runs>/<pipeline>/sweep_<stamp>/NNN``; ``summary.csv`` rewritten
+    after each job (so a killed sweep leaves a truthful one); a failed job does not stop the rest."""
+    from .names import shorten
+    from .runs import new_sweep_dir, read_run_json
+    from .sweeps import SweepJob, format_summary, write_summary
+
+    first = pipelines[0]
+    folder = new_sweep_dir(args.runs_dir or first.training.run.root, first.name)
+    sweep = [SweepJob(i, job, run_dir=folder / f"{i:03d}") for i, job in enumerate(jobs)]
+    write_summary(folder, sweep)
+    _out(f"multirun: {len(jobs)} job(s) in {folder}")
+    for i, (job, entry) in enumerate(zip(jobs, sweep, strict=True)):
+        pipeline, pipelines[i] = pipelines[i], None  # free the previous job's data as we go
+        _out(f"\n[{i + 1}/{len(jobs)}] {' '.join(job) or '(no overrides)'}")
+        args.run_dir = entry.run_dir
+        try:
+            _train_one(args, pipeline, job)
+        except CuvisGraphError as exc:
+            entry.error = shorten(str(exc).splitlines()[0], 200)
+            print(f"job {i} failed: {entry.error}", file=sys.stderr, flush=True)
+        try:
+            record = read_run_json(entry.run_dir)
+            entry.status, entry.metrics, entry.best = str(record["status"]), record.get("metrics") or {}, \
+                record.get("best")
+        except CuvisGraphError:
+            entry.status = "failed"
+        write_summary(folder, sweep)
+    _out("\nsweep summary:")
+    _out(format_summary(sweep))
+    _out(f"summary: {folder / 'summary.csv'}")
+    failed = [e.index for e in sweep if e.status != "completed"]
+    if failed:
+        raise CuvisGraphError(f"{len(failed)} of {len(sweep)} sweep jobs did not complete (jobs "
+                              f"{', '.join(map(str, failed[:10]))}); see {folder / 'summary.csv'}")
     return 0
 
 
@@ -227,7 +254,8 @@ def _as_started(args: argparse.Namespace, overrides: list[str], pipeline: Any) -
     resume then refuses any change but attempt-level ones such as max_epochs, naming it)."""
     from .runs import resume_target
 
-    run = resume_target(pipeline.name, args.runs_dir or pipeline.training.run.root, args.resume)
+    run = resume_target(pipeline.name, args.runs_dir or pipeline.training.run.root, args.resume,
+                        getattr(args, "run_dir", None))
     if run is None:
         return [overrides], [pipeline]
     try:

@@ -63,6 +63,7 @@ __all__ = [
     "Terminated",
     "open_run",
     "resume_target",
+    "new_sweep_dir",
     "find_latest_run",
     "atomic_write",
     "atomic_write_text",
@@ -244,12 +245,17 @@ class RunLock:
 
 
 # -- finding runs -------------------------------------------------------------------------
-def _new_run_dir(root: Path, pipeline: str) -> Path:
+def new_sweep_dir(root: str | os.PathLike, pipeline: str) -> Path:
+    """A new ``<root>/<pipeline>/sweep_<stamp>/`` for the runs of one ``-m`` sweep."""
+    return _new_run_dir(Path(root), pipeline, prefix="sweep_")
+
+
+def _new_run_dir(root: Path, pipeline: str, prefix: str = "") -> Path:
     base = _inside(root, _safe_name(pipeline))
     _make_dir(base, root)
     stamp = _dt.datetime.now()
     while True:
-        path = base / (stamp.strftime("%Y%m%d_%H%M%S_") + f"{stamp.microsecond // 1000:03d}")
+        path = base / (prefix + stamp.strftime("%Y%m%d_%H%M%S_") + f"{stamp.microsecond // 1000:03d}")
         try:
             path.mkdir()
             return path

@@ -123,15 +123,48 @@ def test_multirun_makes_one_complete_run_per_value(workdir: Path, capsys) -> Non
                  *TINY_SYNTHETIC, *QUIET, "--runs-dir", str(runs)])
     out = capsys.readouterr().out
     assert code == 0
-    dirs = run_dirs(runs)
-    assert len(dirs) == 2
+    (sweep,) = run_dirs(runs)  # one sweep folder: <runs>/<pipeline>/sweep_<stamp>/
+    assert sweep.name.startswith("sweep_")
+    dirs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [d.name for d in dirs] == ["000", "001"]
     eps = []
     for run_dir in dirs:
         assert_complete_run(run_dir)
         eps.append(yaml.safe_load((run_dir / "config.yaml").read_text())["pipeline"]["nodes"]["rx"]["params"]["eps"])
-        assert str(run_dir) in out
-    assert sorted(eps) == [1e-9, 1e-2]
-    assert "multirun: 2 job(s)" in out and "multirun summary:" in out
+    assert eps == [1e-9, 1e-2]
+    assert f"multirun: 2 job(s) in {sweep}" in out and "sweep summary:" in out
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert [float(r["overrides"].split()[0].split("=")[1]) for r in rows] == [1e-9, 1e-2]
+    for row, run_dir in zip(rows, dirs, strict=True):
+        record = json.loads((run_dir / "run.json").read_text())
+        assert row["status"] == "completed" and row["run_dir"] == str(run_dir)
+        for key, value in record["metrics"].items():
+            assert (row[key] == "" and value is None) or float(row[key]) == value
+    table = out.split("sweep summary:")[1]
+    marked = [line for line in table.splitlines() if line.startswith("*") and "best:" not in line]
+    losses = [json.loads((d / "run.json").read_text())["metrics"].get("val/loss") for d in dirs]
+    best = json.loads((dirs[0] / "run.json").read_text()).get("best") or {}
+    assert best.get("score") is None  # statistics only: no checkpoint monitor, the lowest val/loss wins
+    if all(v is None for v in losses):  # ... and without a loss nothing is "best"
+        assert marked == []
+    else:
+        expected = min((i for i in range(2) if losses[i] is not None), key=lambda i: losses[i])
+        assert len(marked) == 1 and marked[0].split()[1] == str(expected)
+
+
+def test_a_failed_sweep_job_does_not_stop_the_others(workdir: Path, capsys) -> None:
+    """200 bands from 2 x 16 x 16 training pixels cannot give a covariance: that job fails, the
+    next one still runs, the summary says which, and the exit status is 1."""
+    runs = workdir / "runs"
+    code = main(["train", "-m", str(PIPELINES / "rx_statistical.yaml"), "data.params.n_bands=600,6",
+                 *TINY_SYNTHETIC, *QUIET, "--runs-dir", str(runs)])
+    captured = capsys.readouterr()
+    assert code == 1
+    (sweep,) = run_dirs(runs)
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert [r["status"] for r in rows] == ["failed", "completed"]
+    assert "job 0 failed:" in captured.err and "1 of 2 sweep jobs did not complete (jobs 0)" in captured.err
+    assert_complete_run(sweep / "001")
 
 
 def test_multirun_validates_every_job_before_running(workdir: Path, capsys) -> None:

@@ -88,3 +88,25 @@ def test_printed_metrics_put_threshold_free_ones_first_and_say_undefined() -> No
     assert keys == ["test/detection/auroc", "val/detection/auroc", "val/detection/average_precision",
                     "val/detection/f1", "val/loss"]
     assert text.splitlines()[2].split()[1] == "undefined"
+
+
+def test_the_best_sweep_job_follows_each_runs_monitor_mode(tmp_path: Path) -> None:
+    import csv
+
+    from cuvis_graph.sweeps import SweepJob, best_job, format_summary, write_summary
+
+    jobs = [SweepJob(0, ["lr=0.1"], status="completed", metrics={"val/det/auroc": 0.9, "val/loss": 0.3},
+                     best={"monitor": "val/det/auroc", "mode": "max", "score": 0.91}),
+            SweepJob(1, ["lr=0.01"], status="completed", metrics={"val/det/auroc": 0.95, "val/loss": 0.4},
+                     best={"monitor": "val/det/auroc", "mode": "max", "score": 0.96}),
+            SweepJob(2, ["lr=1"], status="failed", metrics={}, best=None, error="diverged")]
+    assert best_job(jobs) is jobs[1]  # max mode: the higher score
+    lines = format_summary(jobs).splitlines()
+    assert [line.split()[1] for line in lines if line.startswith("*") and "best" not in line] == ["1"]
+    assert lines[-1] == "* best: job 1 by val/det/auroc" and "(diverged)" in lines[3]
+    for job in jobs[:2]:
+        job.best = {**job.best, "mode": "min"}
+    assert best_job(jobs) is jobs[0]  # min mode: the lower score
+    rows = list(csv.DictReader(write_summary(tmp_path, jobs).open()))
+    assert [r["status"] for r in rows] == ["completed", "completed", "failed"]
+    assert float(rows[1]["val/det/auroc"]) == 0.95 and rows[2]["val/loss"] == ""
