@@ -59,12 +59,36 @@ def _metric_order(key: str) -> tuple[str, int, str]:
     return split, 0 if rest.endswith(_THRESHOLD_FREE) else 1, rest
 
 
-def _format_metrics(metrics: dict[str, float | None], indent: str = "  ") -> str:
+def _value(v: float | None) -> str:
+    return "undefined" if v is None else format(v, ".6g")
+
+
+def _format_metrics(metrics: dict[str, float | None], indent: str = "  ",
+                    before: dict[str, float | None] | None = None) -> str:
+    """One line per metric, threshold-free first; ``before -> after`` where ``before`` has it."""
     if not metrics:
         return f"{indent}(none)"
     width = max(len(k) for k in metrics)
-    return "\n".join(f"{indent}{k:<{width}}  {'undefined' if v is None else format(v, '.6g')}"
-                     for k, v in sorted(metrics.items(), key=lambda kv: _metric_order(kv[0])))
+    lines = []
+    for k, v in sorted(metrics.items(), key=lambda kv: _metric_order(kv[0])):
+        shown = f"{_value(before[k])} -> {_value(v)}" if before and k in before else _value(v)
+        lines.append(f"{indent}{k:<{width}}  {shown}")
+    return "\n".join(lines)
+
+
+def _artifact_lines(graph: Any, run_dir: Path) -> list[str]:
+    """Where to look next: figures, TensorBoard (with the command), W&B files."""
+    lines = []
+    figures = sorted((run_dir / "artifacts").rglob("*.png")) if (run_dir / "artifacts").is_dir() else []
+    if figures:
+        lines.append(f"figures: {run_dir / 'artifacts'} ({len(figures)} PNG)")
+    for monitor in getattr(graph, "monitors", []):
+        kind = type(monitor).__name__
+        if kind == "TensorBoardMonitor" and getattr(monitor, "root", None) is not None:
+            lines.append(f"tensorboard: tensorboard --logdir {monitor.root} --host 127.0.0.1")
+        elif kind == "WandBMonitor" and getattr(monitor, "save_dir", None) is not None:
+            lines.append(f"wandb: {monitor.save_dir} (offline runs: wandb sync {monitor.save_dir}/wandb/offline-run-*)")
+    return lines
 
 
 def _load(args: argparse.Namespace, overrides: Sequence[str] | None = None, check: bool = True) -> Any:
@@ -305,8 +329,10 @@ def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) ->
     _out(f"run directory: {run_dir}")
     if result.model_dir is not None:
         _out(f"model: {result.model_dir}  (cuvis-graph predict {result.model_dir} INPUT... --out DIR)")
-    _out("final metrics:")
-    _out(_format_metrics(result.metrics))
+    for line in _artifact_lines(pipeline.graph, run_dir):
+        _out(line)
+    _out("metrics (after statistical init -> final):" if result.initial_metrics else "final metrics:")
+    _out(_format_metrics(result.metrics, before=result.initial_metrics))
     for failure in result.failures:
         _out(f"note: {failure.get('kind', 'side effect')} '{failure.get('name')}' failed and was disabled: "
              f"{failure.get('error')}")

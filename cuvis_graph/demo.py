@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> Path:
     config = TrainingConfig(trainer=TrainerConfig(max_epochs=args.epochs), optimizer=OptimizerConfig(lr=0.05))
     result = graph.train(data, config, runs_root=args.root)
     run_dir = result.run_dir
-    print(f"\nstatistical init: {result.fit.passes} passes over the training data")
+    print(f"\nstatistical init (before training): {result.fit.passes} passes over the training data")
     for key in ("val/detection/f1", "val/detection/auroc", "val/loss"):
         before, after = result.initial_metrics.get(key), result.metrics.get(key)
         if after is not None:

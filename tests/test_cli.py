@@ -79,9 +79,14 @@ def test_every_pipeline_validates_and_trains(path: Path, tiny_mat: Path, workdir
     assert code == 0
     (run_dir,) = run_dirs(runs)
     record = assert_complete_run(run_dir)
-    assert f"run directory: {run_dir}" in out and "final metrics:" in out
+    assert f"run directory: {run_dir}" in out
+    assert ("metrics (after statistical init -> final):" if record.get("initial_metrics") else "final metrics:") in out
+    lines = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("  ")}
     for key, value in record["metrics"].items():
-        assert key in out and (value is None or np.isfinite(value))
+        assert key in lines and (value is None or np.isfinite(value))
+        before = (record.get("initial_metrics") or {}).get(key)
+        if before is not None and value is not None:  # "before -> after", as recorded
+            assert [float(lines[key][0]), float(lines[key][2])] == pytest.approx([before, value], rel=1e-5)
 
 
 def test_rx_pipelines_keep_statistical_default(workdir: Path, capsys) -> None:
@@ -101,7 +106,7 @@ def test_config_groups_swap_data_and_training(tiny_mat: Path, workdir: Path, cap
     (run_dir,) = run_dirs(runs)
     config = yaml.safe_load((run_dir / "pipeline.yaml").read_text())
     assert config["data"] == {"type": "MatSceneDataModule",
-                              "params": {"path": str(tiny_mat), "cube_key": "data", "mask_key": "map"}}
+                              "params": {"path": str(tiny_mat), "key": "data", "mask_key": "map"}}
     assert main(["validate", str(PIPELINES / "selector_rx_bce.yaml"), "training=fast"]) == 0
 
 

@@ -110,3 +110,17 @@ def test_the_best_sweep_job_follows_each_runs_monitor_mode(tmp_path: Path) -> No
     rows = list(csv.DictReader(write_summary(tmp_path, jobs).open()))
     assert [r["status"] for r in rows] == ["completed", "completed", "failed"]
     assert float(rows[1]["val/det/auroc"]) == 0.95 and rows[2]["val/loss"] == ""
+
+
+def test_train_says_where_the_artifacts_are(tmp_path: Path) -> None:
+    from cuvis_graph import Graph
+    from cuvis_graph.cli import _artifact_lines
+    from cuvis_graph.monitors import TensorBoardMonitor
+
+    graph = Graph("g")
+    graph.register_monitor(TensorBoardMonitor(tmp_path / "tb"))
+    (tmp_path / "run" / "artifacts" / "val").mkdir(parents=True)
+    (tmp_path / "run" / "artifacts" / "val" / "heatmap.png").write_bytes(b"png")
+    lines = _artifact_lines(graph, tmp_path / "run")
+    assert lines == [f"figures: {tmp_path / 'run' / 'artifacts'} (1 PNG)",
+                     f"tensorboard: tensorboard --logdir {tmp_path / 'tb'} --host 127.0.0.1"]

@@ -310,8 +310,13 @@ def test_mat_datamodule_declares_spec_from_the_header(tmp_path: Path) -> None:
     np.testing.assert_array_equal(batch["mask"][0].numpy(), mask)
     assert dm.train_set is dm.val_set
     assert MatSceneDataModule(path, mask_key=None).batch_keys == {"cube"}
-    with pytest.raises(ConfigError, match=r"cube_key: 'scene.mat' has no variable 'dat' \(did you mean 'data'\?\)"):
-        MatSceneDataModule(path, cube_key="dat")
+    with pytest.raises(ConfigError, match=r"key: 'scene.mat' has no variable 'dat' \(did you mean 'data'\?\)"):
+        MatSceneDataModule(path, key="dat")
+    with pytest.raises(ConfigError, match=r"key: 'scene.mat' has no variable 'dat'"):
+        MatSceneDataModule(path, cube_key="dat")  # the former name still works
+    assert MatSceneDataModule(path, cube_key="data").key == MatSceneDataModule(path, key="data").key == "data"
+    with pytest.raises(ConfigError, match=r"key: 'data' and cube_key: 'map' name two cubes"):
+        MatSceneDataModule(path, key="data", cube_key="map")
     with pytest.raises(ConfigError, match="mask_key: variable 'data' has shape"):
         MatSceneDataModule(path, mask_key="data")
     with pytest.raises(ConfigError, match="path: no such file"):

@@ -31,29 +31,35 @@ class MatSceneDataModule(GraphDataModule):
 
     Args:
         path: the ``.mat`` file (MATLAB v5, as read by ``scipy.io.loadmat``).
-        cube_key: variable holding the cube ``[H, W, C]``.
+        key: variable holding the cube ``[H, W, C]`` (default ``"data"``; the same name as
+            :class:`FolderDataModule` and :func:`read_cube` use).
         mask_key: variable holding the label map ``[H, W]`` (>0 = anomaly); ``None`` for none.
         batch_size: scenes per batch (there is one).
+        cube_key: the former name of ``key``, still accepted.
     """
 
-    def __init__(self, path: str, cube_key: str = "data", mask_key: str | None = "map", batch_size: int = 1,
-                 num_workers: int = 0) -> None:
+    def __init__(self, path: str, key: str | None = None, mask_key: str | None = "map", batch_size: int = 1,
+                 num_workers: int = 0, cube_key: str | None = None) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers)
+        if key is not None and cube_key is not None and key != cube_key:
+            raise ConfigError(f"key: '{key}' and cube_key: '{cube_key}' name two cubes; give one (key)")
+        cube_key = key or cube_key or "data"
         self.path = Path(os.path.expanduser(str(path)))
-        self.cube_key, self.mask_key = cube_key, mask_key
+        self.key = self.cube_key = cube_key
+        self.mask_key = mask_key
         if not self.path.is_file():
             raise ConfigError(f"path: no such file '{self.path}'")
         try:
             header = {name: shape for name, shape, _ in scipy.io.whosmat(str(self.path))}
         except Exception as exc:  # noqa: BLE001 - any reader failure means "not a readable .mat"
             raise ConfigError(f"path: '{self.path}' is not a readable MATLAB v5 .mat file ({exc})") from None
-        for param, key in (("cube_key", cube_key), ("mask_key", mask_key)):
-            if key is not None and key not in header:
-                raise ConfigError(f"{param}: '{self.path.name}' has no variable '{key}'{did_you_mean(key, header)}; "
+        for param, name in (("key", cube_key), ("mask_key", mask_key)):
+            if name is not None and name not in header:
+                raise ConfigError(f"{param}: '{self.path.name}' has no variable '{name}'{did_you_mean(name, header)}; "
                                   f"its variables: {sorted(header)}")
         shape = tuple(header[cube_key])
         if len(shape) != 3:
-            raise ConfigError(f"cube_key: variable '{cube_key}' has shape {shape}; expected [H, W, C]")
+            raise ConfigError(f"key: variable '{cube_key}' has shape {shape}; expected [H, W, C]")
         if mask_key is not None and tuple(header[mask_key]) != shape[:2]:
             raise ConfigError(f"mask_key: variable '{mask_key}' has shape {tuple(header[mask_key])}; "
                               f"expected {shape[:2]} (the cube's H, W)")
