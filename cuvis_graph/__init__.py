@@ -6,6 +6,7 @@ from .errors import CompileError, ConfigError, CuvisGraphError, NotFittedError
 from .graph import Graph
 from .leaves import LeafNode, LossNode, MetricNode, MonitoringNode, VisualizationNode
 from .node import Node, PortSpec
+from .plugins import load_plugin
 from .registry import register
 from .results import TrainResult
 
@@ -33,4 +34,5 @@ __all__ = [
     "NotFittedError",
     "TrainResult",
     "register",
+    "load_plugin",
 ]

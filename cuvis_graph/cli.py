@@ -19,6 +19,10 @@ validated first, then each trains into its own run directory. Under DDP
 (``training.trainer.devices=2 training.trainer.strategy=ddp``) Lightning runs the command
 again for ranks 1..N-1; those join rank 0's run directory and print nothing.
 
+``--plugin FILE.py|MODULE`` (repeatable, every command but ``runs``) imports the user's own
+code first, so that the types it registers can be named (``type: MyNode``). A pipeline or a
+saved model never imports code itself; a model says which ``--plugin`` it needs.
+
 Errors exit with status 1 and one message naming the place (YAML path, node, override);
 ``--debug`` adds the traceback. Nothing is written before the pipeline validates.
 """
@@ -328,7 +332,8 @@ def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) ->
         _out(f"predictions: {path}")
     _out(f"run directory: {run_dir}")
     if result.model_dir is not None:
-        _out(f"model: {result.model_dir}  (cuvis-graph predict {result.model_dir} INPUT... --out DIR)")
+        plugins = "".join(f" --plugin {plugin}" for plugin in getattr(args, "plugin", None) or [])
+        _out(f"model: {result.model_dir}  (cuvis-graph predict {result.model_dir} INPUT... --out DIR{plugins})")
     for line in _artifact_lines(pipeline.graph, run_dir):
         _out(line)
     _out("metrics (after statistical init -> final):" if result.initial_metrics else "final metrics:")
@@ -472,7 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the full traceback on errors")
-    piped = argparse.ArgumentParser(add_help=False, parents=[common])
+    plugged = argparse.ArgumentParser(add_help=False, parents=[common])
+    plugged.add_argument("--plugin", action="append", metavar="FILE.py|MODULE",
+                         help="import FILE.py (or the module MODULE) first, so that the types it registers with "
+                              "@register can be named (type: MyNode); repeatable")
+    piped = argparse.ArgumentParser(add_help=False, parents=[plugged])
     piped.add_argument("pipeline", help="pipeline YAML file (config groups are looked up next to it)")
     piped.add_argument("overrides", nargs="*", metavar="OVERRIDE",
                        help="Hydra overrides: key=value, group=option, +key=value (add), ~key (delete)")
@@ -535,13 +544,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("-o", "--output", metavar="FILE", help="write here (png default: <pipeline name>.png)")
     show.set_defaults(func=cmd_show)
 
-    nodes = sub.add_parser("nodes", parents=[common], help="list the registered node, leaf, monitor and data types",
+    nodes = sub.add_parser("nodes", parents=[plugged], help="list the registered node, leaf, monitor and data types",
                            description="The registry: each type's ports, parameters (type, default) and summary.")
     nodes.add_argument("--markdown", action="store_true", help="Markdown instead of plain text")
     nodes.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     nodes.set_defaults(func=cmd_nodes)
 
-    test = sub.add_parser("test", parents=[common], help="evaluate a trained graph's metrics on labelled data",
+    test = sub.add_parser("test", parents=[plugged], help="evaluate a trained graph's metrics on labelled data",
                           description="Load a trained graph (a run folder: its model/; or a model folder) and\n"
                                       "evaluate its loss and metric leaves on the test split of the data, or on\n"
                                       "the validation split when there is no test split (the output says which).\n"
@@ -566,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="allow '_target_' classes from MODULE (and its submodules); repeatable")
     test.set_defaults(func=cmd_test)
 
-    predict = sub.add_parser("predict", parents=[common], help="score cube files with a saved model",
+    predict = sub.add_parser("predict", parents=[plugged], help="score cube files with a saved model",
                              description="Load a model saved with graph.save(DIR) and score every input\n"
                                          "(.npy, .npz, .mat, ENVI .hdr; files or folders). Writes\n"
                                          "<out>/<stem>/scores.npy, mask.npy, overlay.png and <out>/summary.csv.\n"
@@ -595,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="allow '_target_' classes from MODULE (and its submodules); repeatable")
     predict.set_defaults(func=cmd_predict)
 
-    export = sub.add_parser("export", parents=[common], help="export a saved model's inference graph (ONNX)",
+    export = sub.add_parser("export", parents=[plugged], help="export a saved model's inference graph (ONNX)",
                             description="Export the inference path of a saved model to ONNX: input 'cube' "
                                         "[B,H,W,C] float32 with dynamic B, H, W; outputs named after the sink "
                                         "nodes. The file is checked with onnxruntime against eager inference.")
@@ -640,6 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     debug = bool(getattr(args, "debug", False))
     try:
+        _load_plugins(args)
         if getattr(args, "cfg", None):
             return cmd_print_config(args)
         return int(args.func(args) or 0)
@@ -659,6 +669,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the command line reports, never dumps, unless --debug
         _report(exc, debug, expected=False)
         return 1
+
+
+def _load_plugins(args: argparse.Namespace) -> None:
+    """``--plugin``: import each file or module the user named, before anything reads a pipeline."""
+    from .plugins import load_plugin
+
+    for plugin in getattr(args, "plugin", None) or []:
+        load_plugin(plugin)
 
 
 def _report(exc: BaseException, debug: bool, expected: bool) -> None:

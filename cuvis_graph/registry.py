@@ -8,6 +8,8 @@ Built-in nodes, leaves, monitors and datamodules register themselves with
     @register
     class MyNode(Node): ...
 
+in a file the command line imports with ``--plugin my_nodes.py`` (in Python:
+:func:`cuvis_graph.plugins.load_plugin`, or a plain ``import``),
 or from an installed package through an entry point in the group ``cuvis_graph.plugins``
 (the entry point names a module, which registers its classes on import, or a class)::
 
@@ -210,8 +212,8 @@ def _under(module: str, prefixes: Iterable[str]) -> bool:
 
 
 def _how_to_register(target: str, module: str) -> str:
-    return (f"register the class with @cuvis_graph.register (or an entry point in group "
-            f"'{ENTRY_POINT_GROUP}') and write its name as 'type:', or allowlist its module with "
+    return (f"register the class with @cuvis_graph.register (in a file passed with --plugin FILE.py, or an entry "
+            f"point in group '{ENTRY_POINT_GROUP}') and write its name as 'type:', or allowlist its module with "
             f"'--allow-module {module}' on the command line (allow_modules=['{module}'] in Python)")
 
 
@@ -248,7 +250,8 @@ def resolve_target(target: str, allow: Iterable[str] = ()) -> type:
     try:
         obj = getattr(importlib.import_module(module), attr)
     except ImportError as exc:
-        raise UnsafeTargetError(f"_target_ '{target}': cannot import allowlisted module '{module}': {exc}") from None
+        raise UnsafeTargetError(f"_target_ '{target}': cannot import allowlisted module '{module}': {exc}; for a "
+                                f"file of your own, pass it with --plugin (e.g. --plugin {module.split('.')[0]}.py)") from None
     except AttributeError:
         raise UnsafeTargetError(f"_target_ '{target}': module '{module}' has no attribute '{attr}'") from None
     if not inspect.isclass(obj) or kind_of(obj) is None:

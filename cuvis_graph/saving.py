@@ -5,7 +5,8 @@ A saved model is a directory of three plain files, no pickle and no code::
     pipeline.yaml          structure and parameters (nodes, leaves), through the registry
     weights.safetensors    state dicts of every node and leaf with state, keys ``<name>.<param>``
     meta.json              format / library / torch versions, channel count and wavelengths
-                           the graph was trained on, per-node fit status, sinks, creation time
+                           the graph was trained on, per-node fit status, sinks, creation time,
+                           the plugin modules its own types come from (``plugins``)
 
 Writing is atomic (principle 10): the files go into a temporary sibling directory that is
 put in place of the target only when complete (:func:`~cuvis_graph.output_paths.replace_dir`:
@@ -151,6 +152,7 @@ def infer_n_channels(graph: Graph) -> int | None:
 
 def _meta(graph: Graph) -> dict[str, Any]:
     from .compiler import compile_graph
+    from .plugins import plugins_of
 
     spec = graph.data_spec
     n_channels = infer_n_channels(graph)
@@ -171,6 +173,7 @@ def _meta(graph: Graph) -> dict[str, Any]:
         "batch_keys": sorted(spec.batch_keys) if spec is not None else ["cube"],
         "sinks": sinks,
         "fitted": {name: bool(node.is_fitted) for name, node in graph.nodes.items()},
+        "plugins": plugins_of([*graph.nodes.values(), *graph.leaves.values()]),
     }
 
 
@@ -317,6 +320,10 @@ def _meta_problems(meta: Mapping[str, Any]) -> list[str]:
                                     "a mapping of node name to true/false")):
         if meta.get(field) is not None and not check(meta[field]):
             problems.append(f"{field}: expected {expected}, got {_show(meta[field])}")
+    plugins = meta.get("plugins")
+    if plugins is not None and not (isinstance(plugins, list) and all(
+            isinstance(p, dict) and isinstance(p.get("module"), str) and strings(p.get("types")) for p in plugins)):
+        problems.append(f"plugins: expected a list of {{module: name, types: [names]}}, got {_show(plugins)}")
     return problems
 
 
@@ -432,12 +439,16 @@ def load_graph(path: str | os.PathLike, *, allow_modules: Iterable[str] = (), n_
             are not safetensors or do not match the structure (the keys are named).
         SpecError: ``pipeline.yaml`` names an unregistered or non-allowlisted type; raised
             before anything is created or imported.
+        MissingPluginError: a type from a plugin ``meta.json`` records is not registered;
+            the message names the ``--plugin`` to pass (nothing is imported).
     """
+    from .plugins import check_plugins
     from .spec import build_pipeline
 
     directory = Path(path)
     meta = read_meta(directory)
     _check_library_version(meta, directory / META_FILE, strict_version)
+    check_plugins(meta, str(directory))  # names the --plugin to pass; never imports one
     allow = list(allow_modules)
     config = _read_pipeline(directory / PIPELINE_FILE, allow)
     # classes are resolved through the registry for every entry, and problems raised, before

@@ -175,7 +175,7 @@ class PipelineSpec(_Strict):
             shown = shorten(v[0] if isinstance(v, list) and v else v)
             raise ValueError(f"a pipeline cannot widen its own allowlist; allow a module where you run it: "
                              f"'--allow-module {shown}' on the command line, allow_modules=['{shown}'] in "
-                             f"Python, or register its classes (@cuvis_graph.register or an entry point)")
+                             f"Python, or register its classes (@cuvis_graph.register in a --plugin file, or an entry point)")
         return []
 
 
@@ -672,7 +672,7 @@ def _resolve_class(spec: ComponentSpec, where: str, kind: str, allow: list[str])
         label = {"node": "node type", "leaf": "leaf type", "monitor": "monitor type", "data": "datamodule type"}[kind]
         return None, [Problem(key, f"unknown {label} '{name}'{did_you_mean(name, _names_of_kind(kind) or registered())}; "
                                    "`cuvis-graph nodes` lists the registered types; register your own with "
-                                   "@cuvis_graph.register")]
+                                   "@cuvis_graph.register and pass their file with --plugin FILE.py")]
     actual = kind_of(cls)
     if actual != kind:
         section = _KIND_SECTION.get(actual or "")

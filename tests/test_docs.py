@@ -18,7 +18,7 @@ Every file's blocks get ``CUVIS_GRAPH_RUNS_ROOT`` and ``TMPDIR`` (and ``tempfile
 folder) pointing at a fresh temporary folder, and ``MPLBACKEND=Agg``, so blocks never write
 into the checkout when they use ``graph.train`` defaults, ``tempfile`` or ``$TMPDIR``. Keep
 them fast: tiny scenes, ``max_epochs`` of 0-2. Classes a block registers are unregistered
-afterwards.
+afterwards, and modules imported from the temporary folder are forgotten.
 
 Every other ``python`` block must at least parse (``ast``); put ``<!-- no-check -->`` on the
 line before a fence that is deliberately not Python (a sketch with ``...``).
@@ -171,7 +171,8 @@ def test_relative_links_resolve(path: Path) -> None:
 # -- runnable blocks ---------------------------------------------------------------------------
 @pytest.fixture
 def docs_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Repository root as cwd, runs and temporary files in ``tmp_path``, registry restored after."""
+    """Repository root as cwd, runs and temporary files in ``tmp_path``; registry restored and modules
+    imported from ``tmp_path`` (plugins a page writes) forgotten after."""
     from cuvis_graph import registry
 
     runs, tmp = tmp_path / "runs", tmp_path / "tmp"
@@ -190,6 +191,9 @@ def docs_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         registry._CLASSES.update(classes)
         registry._ALLOWED.clear()
         registry._ALLOWED.update(allowed)
+        for name, module in list(sys.modules.items()):
+            if str(getattr(module, "__file__", None) or "").startswith(str(tmp_path)):
+                del sys.modules[name]
 
 
 def _run_python(block: Block, namespace: dict) -> None:
