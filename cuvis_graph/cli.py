@@ -344,6 +344,31 @@ def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) ->
     return run_dir, result.metrics
 
 
+def config_groups(folder: Path) -> dict[str, list[str]]:
+    """Hydra config groups next to a pipeline: sub-folder -> its ``*.yaml`` options."""
+    if not folder.is_dir():
+        return {}
+    return {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in sorted(folder.iterdir())
+            if d.is_dir() and any(d.glob("*.yaml"))}
+
+
+def _config_groups_help(argv: Sequence[str]) -> str:
+    """After ``train|validate|show [PIPELINE] --help``: the config groups a pipeline there can swap
+    (those next to PIPELINE, else in ./pipelines)."""
+    if not argv or argv[0] not in ("train", "validate", "show"):
+        return ""
+    pipeline = next((a for a in argv[1:] if a.endswith((".yaml", ".yml")) and not a.startswith("-")), None)
+    folder = Path(pipeline).parent if pipeline else Path("pipelines")
+    groups = config_groups(folder)
+    if not groups:
+        return ""
+    where = f"next to {pipeline}" if pipeline else f"in {folder}/ (name a pipeline to see its own)"
+    lines = [f"\nconfig groups {where} (swap one with GROUP=OPTION, e.g. "
+             f"{next(iter(groups))}={groups[next(iter(groups))][0]}):"]
+    lines += [f"  {group}: {', '.join(options)}" for group, options in groups.items()]
+    return "\n".join(lines)
+
+
 def _path_arg(text: str) -> str:
     """argparse type: a path that is not empty; ``~`` expanded (as a shell would)."""
     if not text.strip():
@@ -643,9 +668,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .runs import Terminated
 
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = _parse(parser, sys.argv[1:] if argv is None else argv)
+        args = _parse(parser, argv)
     except SystemExit as exc:  # --help, --version, usage errors
+        if exc.code in (0, None) and {"-h", "--help"} & set(argv):
+            _out(_config_groups_help(argv))
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     debug = bool(getattr(args, "debug", False))
     try:

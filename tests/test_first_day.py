@@ -124,3 +124,78 @@ def test_train_says_where_the_artifacts_are(tmp_path: Path) -> None:
     lines = _artifact_lines(graph, tmp_path / "run")
     assert lines == [f"figures: {tmp_path / 'run' / 'artifacts'} (1 PNG)",
                      f"tensorboard: tensorboard --logdir {tmp_path / 'tb'} --host 127.0.0.1"]
+
+
+PLUGIN = '''"""A user's node: scale the cube by a trained gain."""
+import torch
+
+from cuvis_graph import Node, PortSpec, register
+
+
+@register
+class Gain(Node):
+    """y = g * x with one trained gain g."""
+
+    INPUTS = {"x": PortSpec(("B", "H", "W", "C"), batch_key="cube", description="cube")}
+    OUTPUTS = {"y": PortSpec(("B", "H", "W", "C"), description="scaled cube")}
+
+    def __init__(self, gain: float = 1.0, name: str | None = None) -> None:
+        super().__init__(name=name)
+        self.gain = torch.nn.Parameter(torch.tensor(float(gain)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gain * x
+'''
+
+PIPELINE_WITH_PLUGIN = """\
+name: day_one
+nodes:
+  gain: {type: Gain}
+  rx: {type: RXGlobal, parent: gain}
+  head: {type: RXLogitHead, parent: rx}
+leaves:
+  bce: {type: AnomalyBCEWithLogits, params: {pos_weight: 5.0}, parent: head}
+  det: {type: AnomalyDetectionMetrics, parent: head}
+data: {type: SyntheticHSIDataModule, params: {n_train: 2, n_val: 1, n_test: 0, height: 12, width: 12, n_bands: 6,
+                                              batch_size: 1}}
+training: {trainer: {max_epochs: 1, enable_progress_bar: false}}
+"""
+
+
+def test_first_day_from_help_to_a_compared_sweep_of_my_own_node(tmp_path: Path, capsys,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a fresh folder: --help shows the config groups, my own node runs with --plugin, a sweep
+    writes a comparable summary, `runs` lists it, and the metrics read threshold-free first."""
+    import csv
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", str(PIPELINE), "--help"]) == 0
+    help_text = capsys.readouterr().out
+    assert "config groups next to" in help_text and "training: default, fast, statistical" in help_text
+
+    (tmp_path / "my_nodes.py").write_text(PLUGIN)
+    (tmp_path / "day_one.yaml").write_text(PIPELINE_WITH_PLUGIN)
+    assert main(["validate", "day_one.yaml"]) == 1  # the node is unknown until asked for
+    assert "--plugin" in capsys.readouterr().err
+    assert main(["validate", "day_one.yaml", "--plugin", "my_nodes.py"]) == 0
+
+    code = main(["train", "-m", "day_one.yaml", "training.optimizer.lr=0.01,0.001", "--plugin", "my_nodes.py",
+                 "--runs-dir", "runs"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    (sweep,) = (tmp_path / "runs" / "day_one").iterdir()
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert [float(r["overrides"].split("=")[1]) for r in rows] == [0.01, 0.001]
+    assert all(r["status"] == "completed" for r in rows)
+    for row in rows:
+        record = json.loads((Path(row["run_dir"]) / "run.json").read_text())
+        assert float(row["val/det/auroc"]) == record["metrics"]["val/det/auroc"]
+        meta = json.loads((Path(row["run_dir"]) / "model" / "meta.json").read_text())
+        assert meta["plugins"] == [{"module": "my_nodes", "types": ["Gain"]}]
+    table = out.split("sweep summary:")[1]
+    assert table.index("val/det/auroc") < table.index("val/det/f1")  # threshold-free first
+
+    assert main(["runs", "runs"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == 3 and all("completed" in line for line in listed[1:])
