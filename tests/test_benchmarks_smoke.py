@@ -34,3 +34,18 @@ def test_cuda_request_without_gpu_fails_clearly() -> None:
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode != 0
     assert "cuda" in proc.stderr and "is_available" in proc.stderr
+
+
+ABU = ROOT.parent / "shared" / "data" / "abu"
+
+
+@pytest.mark.real
+@pytest.mark.skipif(not (ABU / "abu-beach-1.mat").exists() or not (ABU / "abu-beach-3.mat").exists(),
+                    reason=f"shared ABU beach scenes not found in {ABU}")
+def test_abu_transfer_quick() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "abu_transfer.py"), "--quick", "--threads", "1"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = [line for line in proc.stdout.splitlines() if line.startswith("beach-")]
+    assert len(table) == 6, proc.stdout  # 2 directions x (trained, RX fitted on self, RX fitted on train)
+    assert sum(line.startswith("RESULT ") for line in proc.stdout.splitlines()) == 6
