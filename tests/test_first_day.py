@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -179,6 +180,21 @@ def test_first_day_from_help_to_a_compared_sweep_of_my_own_node(tmp_path: Path, 
     assert main(["validate", "day_one.yaml"]) == 1  # the node is unknown until asked for
     assert "--plugin" in capsys.readouterr().err
     assert main(["validate", "day_one.yaml", "--plugin", "my_nodes.py"]) == 0
+    # ... and the same from a shell, with the command `make demo` prints (no activated venv needed)
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    from cuvis_graph import demo
+
+    bin_dir = Path(sys.executable).parent.resolve()
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if Path(p).resolve() != bin_dir)
+    monkeypatch.setenv("PATH", path)
+    command = demo.cli_command()
+    shell = subprocess.run(f"{shlex.quote(command)} validate day_one.yaml --plugin my_nodes.py", shell=True,
+                           capture_output=True, text=True, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert shell.returncode == 0 and "is valid" in shell.stdout, shell.stderr
 
     code = main(["train", "-m", "day_one.yaml", "training.optimizer.lr=0.01,0.001", "--plugin", "my_nodes.py",
                  "--runs-dir", "runs"])
@@ -199,3 +215,32 @@ def test_first_day_from_help_to_a_compared_sweep_of_my_own_node(tmp_path: Path, 
     assert main(["runs", "runs"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert len(listed) == 3 and all("completed" in line for line in listed[1:])
+
+
+ABU = ROOT.parent / "shared" / "data" / "abu" / "abu-urban-1.mat"
+
+
+@pytest.mark.skipif(not ABU.exists(), reason="shared ABU data not found")
+def test_metrics_on_a_real_scene_use_a_threshold_on_its_score_scale(tmp_path: Path, capsys) -> None:
+    """RX scores of an AVIRIS scene are around 100-1000: F1 and specificity are computed at
+    mean + 3 std of the scene's scores (not at 0.5, which called every pixel anomalous)."""
+    import json
+
+    import scipy.io
+    from sklearn.metrics import f1_score
+
+    from cuvis_graph import Graph
+
+    assert main(["train", str(ROOT / "pipelines" / "rx_real_mat.yaml"), f"data.params.path={ABU}",
+                 "--runs-dir", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    (run_dir,) = (tmp_path / "runs" / "rx_real_mat").iterdir()
+    metrics = json.loads((run_dir / "run.json").read_text())["metrics"]
+    mat = scipy.io.loadmat(ABU)
+    scores = Graph.load(run_dir / "model").predict(mat["data"].astype(np.float32))["rx"].double().numpy().ravel()
+    threshold = scores.mean() + 3 * scores.std()
+    truth = mat["map"].ravel() > 0
+    assert metrics["val/metrics/threshold"] == pytest.approx(threshold, rel=1e-5)
+    assert metrics["val/metrics/f1"] == pytest.approx(f1_score(truth, scores > threshold), abs=2e-3)
+    assert metrics["val/metrics/specificity"] > 0.95 and metrics["val/metrics/f1"] > 0.3
+    assert out.index("val/metrics/auroc") < out.index("val/metrics/f1")
