@@ -95,3 +95,17 @@ def kill_when_marked(script: Path, run_dir: Path, marker: Path, timeout: float =
     finally:
         if child.poll() is None:
             child.kill()
+
+
+def outputs_of(procs: list[subprocess.Popen], timeout: float = 300) -> list[str]:
+    """The combined output of each process (text mode), once all have ended; a process still
+    running at the timeout is killed; each must exit 0 (the failure shows its output's end)."""
+    try:
+        outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for rank, (p, text) in enumerate(zip(procs, outputs, strict=True)):
+        assert p.returncode == 0, f"process {rank}:\n{text[-3000:]}"
+    return outputs

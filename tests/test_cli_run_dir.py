@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from runs_helpers import outputs_of
 from test_ddp_every_graph import RX_DATA, _clean_env, _differences, _free_port, _report
 
 from cuvis_graph import Graph
@@ -56,14 +57,8 @@ def test_two_nodes_through_the_cli_share_one_run_directory(tmp_path):
         cwd.mkdir()
         procs.append(subprocess.Popen(command, env={**env, "NODE_RANK": str(rank)}, cwd=cwd, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
-    try:
-        outputs = [p.communicate(timeout=300)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for rank, (p, text) in enumerate(zip(procs, outputs, strict=True)):
-        assert p.returncode == 0, f"node {rank}:\n{text[-3000:]}"
+    outputs = outputs_of(procs)
+    for rank, text in enumerate(outputs):
         assert "configure_optimizers" not in text, f"node {rank}:\n{text[-3000:]}"
     assert f"run directory: {run_dir}" in outputs[0]
     assert [list(cwd.iterdir()) for cwd in nodes] == [[], []]  # neither node made a folder of its own

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from ddp_script import build_graph, datamodule
+from runs_helpers import outputs_of
 
 from cuvis_graph import Graph
 from cuvis_graph.distributed import distributed_trainer_kwargs, worker_rank
@@ -149,14 +150,7 @@ def two_nodes(tmp_path_factory):
     procs = [subprocess.Popen([sys.executable, str(HERE / "ddp_script.py"), str(out), "1", "nodes"],
                               env={**env, "NODE_RANK": str(rank)}, cwd=out, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
-    try:
-        outputs = [p.communicate(timeout=300)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for rank, (p, text) in enumerate(zip(procs, outputs, strict=True)):
-        assert p.returncode == 0, f"node {rank}:\n{text[-3000:]}"
+    outputs_of(procs)
     return out, json.loads((out / "result.json").read_text())
 
 

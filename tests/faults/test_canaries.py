@@ -19,21 +19,12 @@ from cuvis_graph import Graph, GraphDataModule
 from cuvis_graph.saving import save_graph
 
 from .conftest import QUIET, TreeSnapshot, cli
+from .test_yaml_cli import BASE as YAML_BASE
 
 MODULES = ("cg_canary", "cg_canary_pkg", "cg_canary_pkg.__main__", "cg_canary_pkg._private")
 PLANT = "from pathlib import Path\nPath({canary!r}).write_text({who!r})\n\nclass Node:\n    pass\n"
 
-BASE = """\
-name: canary
-nodes:
-  norm: {type: MinMaxNormalizer}
-  rx: {type: RXGlobal, params: {eps: 1.0e-9}, parent: norm}
-leaves:
-  metrics: {type: AnomalyDetectionMetrics, params: {from_logits: false}, parent: rx}
-data: {type: SyntheticHSIDataModule, params: {n_train: 2, n_val: 1, n_test: 0, height: 8, width: 8, n_bands: 6,
-                                              batch_size: 1}}
-training: {trainer: {max_epochs: 0}}
-"""
+BASE = YAML_BASE.replace("name: base", "name: canary", 1)
 
 
 @pytest.fixture
