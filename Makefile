@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m cuvis_graph.demo
+	$(BIN)/python -m cuvis_graph.cli.demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

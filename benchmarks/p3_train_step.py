@@ -47,10 +47,10 @@ from cuvis_graph.nodes import (
 )
 
 from cuvis_graph import Graph, OptimizerConfig, SyntheticHSIDataModule
+from cuvis_graph.core.executor import Executor
+from cuvis_graph.core.graph import quiet_lightning
 from cuvis_graph.data import GraphDataModule
-from cuvis_graph.executor import Executor
-from cuvis_graph.graph import quiet_lightning
-from cuvis_graph.lightning import GraphModule, build_optimizer
+from cuvis_graph.train.lightning import GraphModule, build_optimizer
 
 GOAL = 1.10
 SKIP = 2

@@ -1,14 +1,26 @@
 """cuvis-graph: declarative graph pipelines for hyperspectral machine learning."""
 
-from .config import OptimizerConfig, SchedulerConfig, StageConfig, TrainerConfig, TrainingConfig
-from .data import GraphDataModule, SyntheticHSIDataModule
-from .errors import CompileError, ConfigError, CuvisGraphError, NotFittedError
-from .graph import Graph
-from .leaves import LeafNode, LossNode, MetricNode, MonitoringNode, VisualizationNode
-from .node import Node, PortSpec
-from .plugins import load_plugin
-from .registry import register
-from .results import TrainResult
+from cuvis_graph.core.graph import Graph
+from cuvis_graph.core.leaves import (
+    LeafNode,
+    LossNode,
+    MetricNode,
+    MonitoringNode,
+    VisualizationNode,
+)
+from cuvis_graph.core.node import Node, PortSpec
+from cuvis_graph.core.registry import register
+from cuvis_graph.data import GraphDataModule, SyntheticHSIDataModule
+from cuvis_graph.errors import CompileError, ConfigError, CuvisGraphError, NotFittedError
+from cuvis_graph.io.plugins import load_plugin
+from cuvis_graph.train.config import (
+    OptimizerConfig,
+    SchedulerConfig,
+    StageConfig,
+    TrainerConfig,
+    TrainingConfig,
+)
+from cuvis_graph.train.results import TrainResult
 
 __version__ = "0.1.0"
 

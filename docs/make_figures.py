@@ -39,7 +39,7 @@ def cli_command() -> list[str]:
     if script.is_file():
         return [str(script)]
     found = shutil.which("cuvis-graph")
-    return [found] if found else [sys.executable, "-m", "cuvis_graph.cli"]
+    return [found] if found else [sys.executable, "-m", "cuvis_graph.cli.app"]
 
 
 def make_pipeline_png(out: Path) -> Path:
@@ -64,7 +64,7 @@ def make_scene_pngs(out: Path, scene: str) -> list[Path]:
 
     from cuvis_graph import Graph, TrainerConfig, TrainingConfig
     from cuvis_graph.data import GraphDataModule, MatSceneDataModule, SyntheticHSIDataModule
-    from cuvis_graph.prediction import predict_files
+    from cuvis_graph.io.prediction import predict_files
 
     if scene == "synthetic":
         synthetic = SyntheticHSIDataModule(n_train=1, n_val=0, n_test=0, height=100, width=100, n_bands=100, seed=0)

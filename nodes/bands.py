@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from cuvis_graph.node import Dim, DimBinding, DimensionMismatch, Node, PortSpec, unify_dims
-from cuvis_graph.registry import register
+from cuvis_graph.core.node import Dim, DimBinding, DimensionMismatch, Node, PortSpec, unify_dims
+from cuvis_graph.core.registry import register
 
 __all__ = ["DropBands"]
 

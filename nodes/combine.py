@@ -6,8 +6,8 @@ from collections.abc import Mapping
 
 import torch
 
-from cuvis_graph.node import DimBinding, DimensionMismatch, Node, PortSpec, unify_dims
-from cuvis_graph.registry import register
+from cuvis_graph.core.node import DimBinding, DimensionMismatch, Node, PortSpec, unify_dims
+from cuvis_graph.core.registry import register
 
 __all__ = ["ConcatChannels"]
 

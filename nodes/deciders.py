@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from cuvis_graph.node import Node, PortSpec
-from cuvis_graph.registry import register
+from cuvis_graph.core.node import Node, PortSpec
+from cuvis_graph.core.registry import register
 
 __all__ = ["BinaryDecider", "QuantileDecider", "rowwise_quantile"]
 

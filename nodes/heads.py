@@ -8,9 +8,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cuvis_graph.node import Node, PortSpec
-from cuvis_graph.registry import register
-from cuvis_graph.statistics import (
+from cuvis_graph.core.node import Node, PortSpec
+from cuvis_graph.core.registry import register
+from cuvis_graph.core.statistics import (
     Accumulator,
     MomentAccumulator,
     StatisticsError,

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from cuvis_graph.node import Node, PortSpec
-from cuvis_graph.registry import register
+from cuvis_graph.core.node import Node, PortSpec
+from cuvis_graph.core.registry import register
 
 __all__ = ["BinaryLabelMapper"]
 

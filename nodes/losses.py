@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cuvis_graph.leaves import TARGET_KEY, LossNode
-from cuvis_graph.node import snake_case
-from cuvis_graph.registry import get_class, register
+from cuvis_graph.core.leaves import TARGET_KEY, LossNode
+from cuvis_graph.core.node import snake_case
+from cuvis_graph.core.registry import get_class, register
 
 from ._parent import ParentBound
 

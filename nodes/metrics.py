@@ -9,8 +9,8 @@ from typing import Any, Literal
 import torch
 from torchmetrics import Metric
 
-from cuvis_graph.leaves import TARGET_KEY, MetricNode
-from cuvis_graph.registry import register
+from cuvis_graph.core.leaves import TARGET_KEY, MetricNode
+from cuvis_graph.core.registry import register
 
 from ._parent import ParentBound
 from .ranking import average_precision, roc_auc

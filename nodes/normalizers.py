@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cuvis_graph.node import Node, PortSpec
-from cuvis_graph.registry import register
-from cuvis_graph.statistics import (
+from cuvis_graph.core.node import Node, PortSpec
+from cuvis_graph.core.registry import register
+from cuvis_graph.core.statistics import (
     Accumulator,
     MinMaxAccumulator,
     MomentAccumulator,
@@ -69,7 +69,7 @@ class MinMaxNormalizer(_AffineMixin, Node):
         self.statistical = use_running_stats
         self.mark_fitted(not use_running_stats)
         self.eps, self.per_channel, self.use_running_stats = eps, per_channel, use_running_stats
-        # per-channel statistics can absorb a fitted affine parent (see cuvis_graph.fitting)
+        # per-channel statistics can absorb a fitted affine parent (see cuvis_graph.core.fitting)
         self.folds_affine_inputs = ("x",) if per_channel else ()
         self.register_buffer("min", torch.zeros(0))
         self.register_buffer("max", torch.zeros(0))

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from cuvis_graph.node import Dim, DimensionMismatch, Node, PortSpec
-from cuvis_graph.registry import register
-from cuvis_graph.statistics import Accumulator, MomentAccumulator
+from cuvis_graph.core.node import Dim, DimensionMismatch, Node, PortSpec
+from cuvis_graph.core.registry import register
+from cuvis_graph.core.statistics import Accumulator, MomentAccumulator
 
 __all__ = ["TrainablePCA", "principal_axes"]
 
@@ -37,7 +37,7 @@ class TrainablePCA(Node):
     """PCA projection ``y = (x - mu) W^T`` (optionally whitened): ``[B,H,W,C] -> [B,H,W,K]``.
 
     Fit (one streaming pass, float64, nothing concatenated): ``mu`` and
-    ``Sigma = scatter / (N - 1)`` from a :class:`~cuvis_graph.statistics.MomentAccumulator`,
+    ``Sigma = scatter / (N - 1)`` from a :class:`~cuvis_graph.core.statistics.MomentAccumulator`,
     then ``Sigma = V diag(lambda) V^T`` by ``torch.linalg.eigh`` (never an SVD of the data).
     ``W = V[:, :K]^T`` (``[K, C]``, rows = components by decreasing eigenvalue), each row
     signed so that its largest-magnitude loading is positive.

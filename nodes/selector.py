@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from cuvis_graph.node import Dim, DimensionMismatch, Node, PortSpec
-from cuvis_graph.registry import register
-from cuvis_graph.statistics import Accumulator, MomentAccumulator
+from cuvis_graph.core.node import Dim, DimensionMismatch, Node, PortSpec
+from cuvis_graph.core.registry import register
+from cuvis_graph.core.statistics import Accumulator, MomentAccumulator
 
 __all__ = ["SoftChannelSelector"]
 

@@ -5,8 +5,8 @@ import sys
 import time
 from pathlib import Path
 
-from cuvis_graph.cli import main
-from cuvis_graph.lightning import GraphModule
+from cuvis_graph.cli.app import main
+from cuvis_graph.train.lightning import GraphModule
 
 marker = Path(sys.argv[1])
 on_batch_end = GraphModule.on_train_batch_end

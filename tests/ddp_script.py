@@ -21,7 +21,7 @@ import numpy as np
 
 from cuvis_graph import Graph, TrainingConfig
 from cuvis_graph.data import GraphDataModule
-from cuvis_graph.distributed import worker_rank
+from cuvis_graph.train.distributed import worker_rank
 
 
 def scenes() -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from cuvis_graph.spec import Pipeline, load_pipeline
+from cuvis_graph.io.spec import Pipeline, load_pipeline
 
 PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "selector_rx_staged.yaml"
 TINY = ["data.params.n_train=4", "data.params.n_val=2", "data.params.n_test=0", "data.params.height=16",

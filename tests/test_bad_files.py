@@ -20,7 +20,7 @@ from cuvis_graph.nodes import RXGlobal
 from cuvis_graph import Graph
 from cuvis_graph.data import FolderDataModule, ReaderError
 from cuvis_graph.errors import ConfigError
-from cuvis_graph.runs import read_run_json
+from cuvis_graph.io.runs import read_run_json
 
 ROOT = Path(__file__).parent.parent
 CLI = Path(sys.executable).parent / "cuvis-graph"

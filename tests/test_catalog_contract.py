@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from cuvis_graph import Graph, Node
-from cuvis_graph.fitting import fit_statistics
-from cuvis_graph.registry import registered
+from cuvis_graph.core.fitting import fit_statistics
+from cuvis_graph.core.registry import registered
 
 C = 6
 #: constructor arguments for nodes that have required parameters

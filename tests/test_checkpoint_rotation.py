@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from cuvis_graph import Graph, TrainingConfig, nodes
-from cuvis_graph.checkpoint_callbacks import CONFIG_KEY
 from cuvis_graph.data import SyntheticHSIDataModule
+from cuvis_graph.train.checkpoint_callbacks import CONFIG_KEY
 
 
 def selector_rx_graph() -> Graph:

@@ -15,15 +15,15 @@ import yaml
 from sklearn.metrics import roc_auc_score
 from spec_helpers import write_tiny_mat
 
-from cuvis_graph.cli import main
-from cuvis_graph.spec import load_config
+from cuvis_graph.cli.app import main
+from cuvis_graph.io.spec import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = ROOT / "pipelines"
 PIPELINE_FILES = sorted(PIPELINES.glob("*.yaml"))
 DATA = ROOT.parent / "shared" / "data"
 REFERENCE = DATA / "rx_auc_reference.csv"
-CLI = [sys.executable, "-c", "import sys; from cuvis_graph.cli import main; sys.exit(main())"]
+CLI = [sys.executable, "-c", "import sys; from cuvis_graph.cli.app import main; sys.exit(main())"]
 
 TINY_SYNTHETIC = ["data.params.n_train=2", "data.params.n_val=1", "data.params.n_test=0", "data.params.height=16",
                   "data.params.width=16", "data.params.batch_size=2"]
@@ -313,11 +313,11 @@ def test_installed_entry_point_exists() -> None:
     script = Path(sys.executable).with_name("cuvis-graph")
     if not script.exists():
         pytest.skip(f"console script not installed next to {sys.executable} (pip install -e .)")
-    assert "cuvis_graph.cli" in script.read_text()
+    assert "from cuvis_graph.cli import main" in script.read_text()
 
 
 def test_a_failing_run_is_marked_and_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    import cuvis_graph.registry as registry
+    import cuvis_graph.core.registry as registry
     from cuvis_graph import Node, register
 
     monkeypatch.setattr(registry, "_CLASSES", dict(registry._CLASSES))

@@ -17,8 +17,8 @@ from runs_helpers import outputs_of
 from test_ddp_every_graph import RX_DATA, _clean_env, _differences, _free_port, _report
 
 from cuvis_graph import Graph
-from cuvis_graph.runs import read_run_json
-from cuvis_graph.spec import load_pipeline
+from cuvis_graph.io.runs import read_run_json
+from cuvis_graph.io.spec import load_pipeline
 
 ROOT = Path(__file__).parent.parent
 CLI = Path(sys.executable).parent / "cuvis-graph"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from stages_helpers import PIPELINE, TINY
 
-from cuvis_graph.cli import main
-from cuvis_graph.runs import read_run_json
+from cuvis_graph.cli.app import main
+from cuvis_graph.io.runs import read_run_json
 
 
 def test_cli_trains_stages_and_resume_continues_the_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

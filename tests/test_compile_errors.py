@@ -15,7 +15,7 @@ from cuvis_graph.nodes import (
 )
 
 from cuvis_graph import CompileError, Graph, GraphDataModule, LeafNode, Node, PortSpec
-from cuvis_graph.plan import DataSpec
+from cuvis_graph.core.plan import DataSpec
 
 
 # -- tiny test nodes ----------------------------------------------------------------------

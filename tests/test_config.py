@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from cuvis_graph import ConfigError, OptimizerConfig, SchedulerConfig, TrainingConfig
-from cuvis_graph.config import parse_config
-from cuvis_graph.lightning import build_optimizer, build_scheduler
+from cuvis_graph.train.config import parse_config
+from cuvis_graph.train.lightning import build_optimizer, build_scheduler
 
 
 def config_error(data) -> str:

@@ -16,7 +16,7 @@ import torch
 from ddp_script import build_graph, datamodule
 
 from cuvis_graph import Graph
-from cuvis_graph.runs import read_run_json
+from cuvis_graph.io.runs import read_run_json
 
 HERE = Path(__file__).parent
 pytestmark = pytest.mark.slow

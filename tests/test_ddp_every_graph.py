@@ -25,9 +25,9 @@ from ddp_script import build_graph, datamodule
 from runs_helpers import outputs_of
 
 from cuvis_graph import Graph
-from cuvis_graph.distributed import distributed_trainer_kwargs, worker_rank
-from cuvis_graph.runs import read_run_json
-from cuvis_graph.spec import load_pipeline
+from cuvis_graph.io.runs import read_run_json
+from cuvis_graph.io.spec import load_pipeline
+from cuvis_graph.train.distributed import distributed_trainer_kwargs, worker_rank
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent

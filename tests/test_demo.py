@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cuvis_graph import demo
+from cuvis_graph.cli import demo
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ before the fence is ``<!-- run -->``:
 * ``bash``: run with ``bash -e -u -o pipefail`` from the repository root, with the virtual
   environment's ``bin`` first on ``PATH`` (so ``cuvis-graph`` is this checkout's entry point).
 * ``yaml``: a complete pipeline; it is loaded and compiled with
-  :func:`cuvis_graph.spec.load_pipeline` (nothing is trained).
+  :func:`cuvis_graph.io.spec.load_pipeline` (nothing is trained).
 
 Every file's blocks get ``CUVIS_GRAPH_RUNS_ROOT`` and ``TMPDIR`` (and ``tempfile``'s default
 folder) pointing at a fresh temporary folder, and ``MPLBACKEND=Agg``, so blocks never write
@@ -173,8 +173,7 @@ def test_relative_links_resolve(path: Path) -> None:
 def docs_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Repository root as cwd, runs and temporary files in ``tmp_path``; registry restored and modules
     imported from ``tmp_path`` (plugins a page writes) forgotten after."""
-    from cuvis_graph import registry
-
+    from cuvis_graph.core import registry
     runs, tmp = tmp_path / "runs", tmp_path / "tmp"
     tmp.mkdir()
     monkeypatch.chdir(ROOT)
@@ -222,7 +221,7 @@ def _run_bash(block: Block) -> None:
 
 
 def _run_yaml(block: Block) -> None:
-    from cuvis_graph.spec import SpecError, load_pipeline
+    from cuvis_graph.io.spec import SpecError, load_pipeline
 
     failure = None
     try:

@@ -12,10 +12,10 @@ import torch
 from cuvis_graph.nodes import MinMaxNormalizer, QuantileDecider, RXGlobal
 
 from cuvis_graph import Graph, GraphDataModule, Node, NotFittedError, PortSpec
-from cuvis_graph.cli import main
-from cuvis_graph.export import ExportError, export_onnx, export_onnx_report
-from cuvis_graph.saving import save_graph
-from cuvis_graph.spec import load_pipeline
+from cuvis_graph.cli.app import main
+from cuvis_graph.io.export import ExportError, export_onnx, export_onnx_report
+from cuvis_graph.io.saving import save_graph
+from cuvis_graph.io.spec import load_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 C = 8

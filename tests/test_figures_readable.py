@@ -16,8 +16,8 @@ import torch  # noqa: E402
 from cuvis_graph.nodes import AnomalyHeatmap, MinMaxNormalizer, RXGlobal, ScoreHistogram  # noqa: E402
 
 from cuvis_graph import Graph, GraphDataModule  # noqa: E402
-from cuvis_graph.prediction import predict_files  # noqa: E402
-from cuvis_graph.render import DetectionFigure  # noqa: E402
+from cuvis_graph.io.prediction import predict_files  # noqa: E402
+from cuvis_graph.io.render import DetectionFigure  # noqa: E402
 
 BINS = 100
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from cuvis_graph.cli import main
+from cuvis_graph.cli.app import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ROOT / "pipelines" / "selector_rx_bce.yaml"
@@ -81,7 +81,7 @@ def test_runs_lists_every_run_newest_first_with_the_truth(tmp_path: Path, capsys
 
 
 def test_printed_metrics_put_threshold_free_ones_first_and_say_undefined() -> None:
-    from cuvis_graph.cli import _format_metrics
+    from cuvis_graph.cli.app import _format_metrics
 
     text = _format_metrics({"val/detection/f1": 0.5, "val/detection/auroc": 0.9, "val/loss": 1.0,
                             "val/detection/average_precision": None, "test/detection/auroc": 0.8})
@@ -94,7 +94,7 @@ def test_printed_metrics_put_threshold_free_ones_first_and_say_undefined() -> No
 def test_the_best_sweep_job_follows_each_runs_monitor_mode(tmp_path: Path) -> None:
     import csv
 
-    from cuvis_graph.sweeps import SweepJob, best_job, format_summary, write_summary
+    from cuvis_graph.cli.sweeps import SweepJob, best_job, format_summary, write_summary
 
     jobs = [SweepJob(0, ["lr=0.1"], status="completed", metrics={"val/det/auroc": 0.9, "val/loss": 0.3},
                      best={"monitor": "val/det/auroc", "mode": "max", "score": 0.91}),
@@ -115,7 +115,7 @@ def test_the_best_sweep_job_follows_each_runs_monitor_mode(tmp_path: Path) -> No
 
 def test_train_says_where_the_artifacts_are(tmp_path: Path) -> None:
     from cuvis_graph import Graph
-    from cuvis_graph.cli import _artifact_lines
+    from cuvis_graph.cli.app import _artifact_lines
     from cuvis_graph.monitors import TensorBoardMonitor
 
     graph = Graph("g")
@@ -186,8 +186,7 @@ def test_first_day_from_help_to_a_compared_sweep_of_my_own_node(tmp_path: Path, 
     import subprocess
     import sys
 
-    from cuvis_graph import demo
-
+    from cuvis_graph.cli import demo
     bin_dir = Path(sys.executable).parent.resolve()
     path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if Path(p).resolve() != bin_dir)
     monkeypatch.setenv("PATH", path)

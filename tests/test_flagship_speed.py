@@ -18,8 +18,8 @@ from cuvis_graph.nodes import (
 )
 
 from cuvis_graph import Graph
+from cuvis_graph.core.statistics import BLOCK_ROWS, MinMaxAccumulator, MomentAccumulator
 from cuvis_graph.data import GraphDataModule
-from cuvis_graph.statistics import BLOCK_ROWS, MinMaxAccumulator, MomentAccumulator
 
 FIT = {"trainer": {"max_epochs": 0, "enable_progress_bar": False}}
 

@@ -13,8 +13,8 @@ import pytest  # noqa: E402
 from runs_helpers import RecordingMonitor, build_graph, config, datamodule  # noqa: E402
 
 from cuvis_graph import VisualizationNode  # noqa: E402
+from cuvis_graph.io.runs import read_run_json  # noqa: E402
 from cuvis_graph.monitors import TensorBoardMonitor, WandBMonitor  # noqa: E402
-from cuvis_graph.runs import read_run_json  # noqa: E402
 
 
 class ScoreImage(VisualizationNode):

@@ -14,10 +14,10 @@ from cuvis_graph.nodes import (
 )
 
 from cuvis_graph import Graph
+from cuvis_graph.core.executor import Executor
+from cuvis_graph.core.leaves import TARGET_KEY
 from cuvis_graph.data import GraphDataModule
 from cuvis_graph.errors import CompileError
-from cuvis_graph.executor import Executor
-from cuvis_graph.leaves import TARGET_KEY
 
 NORMAL = [0, 2]
 

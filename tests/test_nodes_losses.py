@@ -20,9 +20,9 @@ from cuvis_graph.nodes import (
 )
 
 from cuvis_graph import Graph
+from cuvis_graph.core.executor import Executor
 from cuvis_graph.data import GraphDataModule, SyntheticHSIDataModule
 from cuvis_graph.errors import CompileError
-from cuvis_graph.executor import Executor
 
 
 @pytest.fixture(autouse=True)

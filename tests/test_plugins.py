@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-import cuvis_graph.registry as registry
-from cuvis_graph.cli import main
-from cuvis_graph.plugins import PluginError, load_plugin
+import cuvis_graph.core.registry as registry
+from cuvis_graph.cli.app import main
+from cuvis_graph.io.plugins import PluginError, load_plugin
 
 MODULE = "cg_my_nodes"
 PLUGIN = """\

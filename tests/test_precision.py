@@ -136,8 +136,8 @@ def test_rx_scores_a_bfloat16_input_in_float32_under_autocast():
 @pytest.mark.parametrize("precision", ["bf16-true", "16-true"])
 def test_true_half_precision_is_refused_naming_the_field(precision):
     """Lightning's ``*-true`` half precisions cast the module, float64 statistics included."""
-    from cuvis_graph.config import TrainingConfig, parse_config
     from cuvis_graph.errors import ConfigError
+    from cuvis_graph.train.config import TrainingConfig, parse_config
 
     with pytest.raises(ConfigError, match=r"training\.trainer\.precision.*float64 statistics"):
         parse_config(TrainingConfig, {"trainer": {"precision": precision, "accelerator": "cpu"}})

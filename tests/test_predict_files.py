@@ -13,10 +13,10 @@ import torch
 from cuvis_graph.nodes import BinaryDecider, MinMaxNormalizer, RXGlobal, RXLogitHead
 
 from cuvis_graph import Graph, GraphDataModule
-from cuvis_graph.cli import main
+from cuvis_graph.cli.app import main
 from cuvis_graph.errors import CuvisGraphError
-from cuvis_graph.prediction import DEFAULT_QUANTILE, false_color, predict_files, score_outputs
-from cuvis_graph.saving import load_graph, save_graph
+from cuvis_graph.io.prediction import DEFAULT_QUANTILE, false_color, predict_files, score_outputs
+from cuvis_graph.io.saving import load_graph, save_graph
 
 C = 6
 WAVELENGTHS = np.linspace(450.0, 700.0, C)

@@ -13,6 +13,7 @@ from cuvis_graph.nodes import DropBands
 from spectral.io import envi
 
 from cuvis_graph import Graph
+from cuvis_graph.core.plan import DataSpec
 from cuvis_graph.data import (
     SUPPORTED_SUFFIXES,
     HyperspectralCube,
@@ -21,7 +22,6 @@ from cuvis_graph.data import (
     read_cube,
 )
 from cuvis_graph.errors import CuvisGraphError
-from cuvis_graph.plan import DataSpec
 
 H, W, C = 7, 5, 6
 

@@ -9,11 +9,9 @@ from importlib.metadata import EntryPoint
 import pytest
 from cuvis_graph.nodes import RXGlobal
 
-import cuvis_graph.registry as registry
+import cuvis_graph.core.registry as registry
 from cuvis_graph import Node, register
-from cuvis_graph.data import MatSceneDataModule, SyntheticHSIDataModule
-from cuvis_graph.monitors import FileMonitor
-from cuvis_graph.registry import (
+from cuvis_graph.core.registry import (
     UnknownTypeError,
     UnsafeTargetError,
     allow_module,
@@ -23,6 +21,8 @@ from cuvis_graph.registry import (
     registered_name,
     resolve_target,
 )
+from cuvis_graph.data import MatSceneDataModule, SyntheticHSIDataModule
+from cuvis_graph.monitors import FileMonitor
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import torch
 from runs_helpers import build_graph, config, datamodule, kill_when_marked
 
 from cuvis_graph import Graph
-from cuvis_graph.callbacks import AtomicCheckpointIO
-from cuvis_graph.runs import read_run_json
+from cuvis_graph.io.runs import read_run_json
+from cuvis_graph.train.callbacks import AtomicCheckpointIO
 
 HERE = Path(__file__).parent
 

@@ -15,10 +15,10 @@ from cuvis_graph.nodes import MinMaxNormalizer, RXGlobal
 from safetensors.torch import load, save_file
 
 from cuvis_graph import Graph, GraphDataModule
-from cuvis_graph.compiler import compile_graph
+from cuvis_graph.core.compiler import compile_graph
+from cuvis_graph.core.plan import DataSpec
 from cuvis_graph.errors import CuvisGraphError
-from cuvis_graph.plan import DataSpec
-from cuvis_graph.saving import (
+from cuvis_graph.io.saving import (
     ChannelMismatchError,
     ModelFormatError,
     check_channels,
@@ -26,7 +26,7 @@ from cuvis_graph.saving import (
     read_meta,
     save_graph,
 )
-from cuvis_graph.spec import SpecError, load_pipeline
+from cuvis_graph.io.spec import SpecError, load_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_FILES = sorted((ROOT / "pipelines").glob("*.yaml"))

@@ -24,8 +24,8 @@ from spec_helpers import write_tiny_mat
 from cuvis_graph import Graph, TrainingConfig
 from cuvis_graph.data import MatSceneDataModule, SyntheticHSIDataModule
 from cuvis_graph.errors import ConfigError
+from cuvis_graph.io.spec import SpecError, expand_sweeps, load_config, load_pipeline, read_yaml
 from cuvis_graph.monitors import FileMonitor
-from cuvis_graph.spec import SpecError, expand_sweeps, load_config, load_pipeline, read_yaml
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 TINY = {"n_train": 2, "n_val": 1, "n_test": 0, "height": 16, "width": 16, "n_bands": 12}

@@ -16,7 +16,7 @@ from stages_helpers import StageRecorder, staged_pipeline
 
 from cuvis_graph import Graph, TrainingConfig
 from cuvis_graph.errors import ConfigError
-from cuvis_graph.runs import ResumeError, read_run_json
+from cuvis_graph.io.runs import ResumeError, read_run_json
 
 HERE = Path(__file__).parent
 NODES = {"norm", "selector", "rx", "head"}
@@ -114,7 +114,7 @@ def test_stage_names_are_checked_before_a_run_directory_exists(tmp_path):
 
 def test_stage_config_rejects_both_trainable_and_frozen():
     with pytest.raises(ConfigError, match=r"training.stages.0: .*either 'trainable' or 'frozen'"):
-        from cuvis_graph.config import parse_config
+        from cuvis_graph.train.config import parse_config
 
         parse_config(TrainingConfig, {"stages": [{"name": "a", "trainable": ["x"], "frozen": ["y"]}]})
 

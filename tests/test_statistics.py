@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cuvis_graph import statistics
-from cuvis_graph.statistics import MinMaxAccumulator, MomentAccumulator
+from cuvis_graph.core import statistics
+from cuvis_graph.core.statistics import MinMaxAccumulator, MomentAccumulator
 
 OFFSET = 1e4
 

@@ -11,9 +11,9 @@ import torch
 from sklearn.metrics import f1_score, roc_auc_score
 
 from cuvis_graph import Graph
-from cuvis_graph.checkpoints import load_checkpoint
-from cuvis_graph.cli import main
+from cuvis_graph.cli.app import main
 from cuvis_graph.data import SyntheticHSIDataModule
+from cuvis_graph.train.checkpoints import load_checkpoint
 
 PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "selector_rx_bce.yaml"
 DATA = {"n_train": 4, "n_val": 2, "n_test": 3, "height": 16, "width": 16, "batch_size": 2, "seed": 3}

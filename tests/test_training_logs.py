@@ -22,9 +22,9 @@ from lightning.pytorch import Callback
 from sklearn.metrics import f1_score
 
 from cuvis_graph import ConfigError, Graph, TrainingConfig
-from cuvis_graph.config import parse_config
 from cuvis_graph.data import SyntheticHSIDataModule
 from cuvis_graph.monitors import TensorBoardMonitor, WandBMonitor
+from cuvis_graph.train.config import parse_config
 
 
 def _graph() -> Graph:

@@ -29,12 +29,12 @@ from cuvis_graph.nodes.visualizations.pca import subsample_pixels
 from torch import nn
 
 from cuvis_graph import CompileError, Graph
+from cuvis_graph.core.leaves import VisualizationNode
+from cuvis_graph.core.node import Node, PortSpec
+from cuvis_graph.core.registry import registered
 from cuvis_graph.data import SyntheticHSIDataModule
-from cuvis_graph.leaves import VisualizationNode
+from cuvis_graph.io.render import rgb_band_indices
 from cuvis_graph.monitors import FileMonitor
-from cuvis_graph.node import Node, PortSpec
-from cuvis_graph.registry import registered
-from cuvis_graph.render import rgb_band_indices
 
 N_BANDS = 12
 T_INIT, T_DECAY, T_MIN = 2.0, 0.5, 0.3

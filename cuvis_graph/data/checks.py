@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import CuvisGraphError
+from cuvis_graph.errors import CuvisGraphError
 
 __all__ = ["DataError", "FLOAT32_EXACT", "nonfinite_problem", "mask_problem", "wavelength_problem",
            "integer_range_problem"]

@@ -27,15 +27,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..distributed import ShardSampler, distributed_shape
-from ..plan import DataSpec
-from .checks import (
+from cuvis_graph.core.plan import DataSpec
+from cuvis_graph.data.checks import (
     DataError,
     integer_range_problem,
     mask_problem,
     nonfinite_problem,
     wavelength_problem,
 )
+from cuvis_graph.train.distributed import ShardSampler, distributed_shape
 
 __all__ = ["GraphDataModule", "ArrayDataModule", "CubeDataset", "collate_cubes"]
 

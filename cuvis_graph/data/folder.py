@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import ConfigError
-from ..plan import DataSpec
-from ..registry import register
-from .checks import integer_range_problem, nonfinite_problem, wavelength_problem
-from .datamodule import GraphDataModule
-from .readers import HyperspectralCube, ReaderError, list_cubes, read_cube
-from .tiling import Edge, TiledDataset, make_loader
+from cuvis_graph.core.plan import DataSpec
+from cuvis_graph.core.registry import register
+from cuvis_graph.data.checks import integer_range_problem, nonfinite_problem, wavelength_problem
+from cuvis_graph.data.datamodule import GraphDataModule
+from cuvis_graph.data.readers import HyperspectralCube, ReaderError, list_cubes, read_cube
+from cuvis_graph.data.tiling import Edge, TiledDataset, make_loader
+from cuvis_graph.errors import ConfigError
 
 __all__ = ["FileCubeDataset", "FolderDataModule", "split_files"]
 
@@ -162,7 +162,7 @@ def split_files(names: Sequence[str], val_fraction: float, test_fraction: float,
 
 
 def _write_json_atomic(path: Path, content: dict[str, Any]) -> None:
-    from ..runs import atomic_write_json
+    from cuvis_graph.io.runs import atomic_write_json
 
     if path.is_dir():
         raise ConfigError(f"splits_path: '{path}' is a folder; give a file name such as '{path / 'splits.json'}'")

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from ..errors import ConfigError, did_you_mean
-from ..registry import register
-from .datamodule import CubeDataset, GraphDataModule
-from .readers import ReaderError
+from cuvis_graph.core.registry import register
+from cuvis_graph.data.datamodule import CubeDataset, GraphDataModule
+from cuvis_graph.data.readers import ReaderError
+from cuvis_graph.errors import ConfigError, did_you_mean
 
 __all__ = ["MatSceneDataModule"]
 

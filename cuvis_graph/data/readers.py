@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CuvisGraphError
-from .checks import mask_problem, wavelength_problem
+from cuvis_graph.data.checks import mask_problem, wavelength_problem
+from cuvis_graph.errors import CuvisGraphError
 
 __all__ = [
     "HyperspectralCube",
@@ -206,7 +206,7 @@ def _bbl_to_bad(bbl: np.ndarray) -> np.ndarray:
 def _pick(path: Path, shapes: dict[str, tuple[int, ...]], key: str | None, mask_key: str | None,
           what: str) -> tuple[str, str | None, str | None, str | None, str | None]:
     """Choose ``(cube, mask, wavelengths, fwhm, bbl)`` names from ``{name: shape}``."""
-    from ..errors import did_you_mean
+    from cuvis_graph.errors import did_you_mean
 
     for param, name in (("key", key), ("mask_key", mask_key)):
         if name is not None and name not in shapes:

@@ -23,9 +23,9 @@ import os
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from ..registry import register
-from .checks import DataError
-from .datamodule import CubeDataset, GraphDataModule
+from cuvis_graph.core.registry import register
+from cuvis_graph.data.checks import DataError
+from cuvis_graph.data.datamodule import CubeDataset, GraphDataModule
 
 __all__ = ["SyntheticHSIDataModule", "make_scene", "make_spectra"]
 

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..plan import DataSpec
-from .datamodule import GraphDataModule, collate_cubes
+from cuvis_graph.core.plan import DataSpec
+from cuvis_graph.data.datamodule import GraphDataModule, collate_cubes
 
 __all__ = [
     "Tile",

@@ -1,8 +1,8 @@
 """Monitors: sinks for metrics and figures."""
 
-from .file import DummyMonitor, FileMonitor
-from .hub import MonitorHub, MonitorLogger
-from .tensorboard import TensorBoardMonitor
-from .wandb import WandBMonitor
+from cuvis_graph.monitors.file import DummyMonitor, FileMonitor
+from cuvis_graph.monitors.hub import MonitorHub, MonitorLogger
+from cuvis_graph.monitors.tensorboard import TensorBoardMonitor
+from cuvis_graph.monitors.wandb import WandBMonitor
 
 __all__ = ["FileMonitor", "DummyMonitor", "MonitorHub", "MonitorLogger", "TensorBoardMonitor", "WandBMonitor"]

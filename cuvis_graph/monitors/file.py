@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..leaves import MonitoringNode
-from ..registry import register
+from cuvis_graph.core.leaves import MonitoringNode
+from cuvis_graph.core.registry import register
 
 __all__ = ["FileMonitor", "DummyMonitor"]
 

@@ -16,7 +16,7 @@ from typing import Any
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
-from ..leaves import MonitoringNode
+from cuvis_graph.core.leaves import MonitoringNode
 
 __all__ = ["MonitorHub", "MonitorLogger"]
 

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..leaves import MonitoringNode
-from ..registry import register
+from cuvis_graph.core.leaves import MonitoringNode
+from cuvis_graph.core.registry import register
 
 __all__ = ["TensorBoardMonitor"]
 

@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..leaves import MonitoringNode
-from ..registry import register
+from cuvis_graph.core.leaves import MonitoringNode
+from cuvis_graph.core.registry import register
 
 __all__ = ["WandBMonitor"]
 

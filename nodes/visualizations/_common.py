@@ -1,6 +1,6 @@
 """Helpers shared by the visualization leaves (Agg figures, score maps, labels, thresholds).
 
-The false-colour composite lives in :mod:`cuvis_graph.render` (shared with ``predict``).
+The false-colour composite lives in :mod:`cuvis_graph.io.render` (shared with ``predict``).
 
 Figures are created as :class:`matplotlib.figure.Figure` objects with an Agg canvas
 attached, never through ``pyplot``: no global figure registry, no interactive backend, no
@@ -18,7 +18,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cuvis_graph.leaves import TARGET_KEY
+from cuvis_graph.core.leaves import TARGET_KEY
 
 __all__ = [
     "new_figure",

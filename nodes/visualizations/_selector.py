@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from cuvis_graph.leaves import VisualizationNode
+from cuvis_graph.core.leaves import VisualizationNode
 
 from ._common import as_index_set, to_numpy
 
 if TYPE_CHECKING:
-    from cuvis_graph.node import Node
+    from cuvis_graph.core.node import Node
 
 __all__ = ["EpochHistoryPlot", "read_temperature", "read_weights", "read_selection", "jaccard"]
 

@@ -9,9 +9,9 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.lines import Line2D
 
-from cuvis_graph.leaves import VisualizationNode
-from cuvis_graph.registry import register
-from cuvis_graph.render import false_colour, rgb_band_indices
+from cuvis_graph.core.leaves import VisualizationNode
+from cuvis_graph.core.registry import register
+from cuvis_graph.io.render import false_colour, rgb_band_indices
 
 from ._common import (
     default_threshold,
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from cuvis_graph.node import Node
+    from cuvis_graph.core.node import Node
 
 __all__ = ["AnomalyHeatmap"]
 
@@ -43,7 +43,7 @@ class AnomalyHeatmap(VisualizationNode):
        growing from 0 at the median score to 0.75 at the maximum, so background stays
        visible. The RGB bands are ``rgb_bands`` (indices ``(r, g, b)``) when given, else
        the bands nearest 640/550/460 nm from ``batch["wavelengths"]``, else an AVIRIS-like
-       default (:func:`cuvis_graph.render.rgb_band_indices`); each band is stretched
+       default (:func:`cuvis_graph.io.render.rgb_band_indices`); each band is stretched
        between its 2nd and 98th percentile;
     3. **detections**: the mask ``s > t`` with ``t = threshold`` or, by default, the
        image's ``mean(s) + 3 std(s)`` (3-sigma rule), with the flagged fraction and, when

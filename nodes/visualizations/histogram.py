@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.stats import gaussian_kde
 
-from cuvis_graph.leaves import VisualizationNode
-from cuvis_graph.registry import register
+from cuvis_graph.core.leaves import VisualizationNode
+from cuvis_graph.core.registry import register
 
 from ._common import default_threshold, labels_from_batch, new_figure, score_maps
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from cuvis_graph.node import Node
+    from cuvis_graph.core.node import Node
 
 __all__ = ["ScoreHistogram"]
 

@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cuvis_graph.leaves import VisualizationNode
-from cuvis_graph.registry import register
+from cuvis_graph.core.leaves import VisualizationNode
+from cuvis_graph.core.registry import register
 
 from ._common import labels_from_batch, new_figure, to_numpy
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from cuvis_graph.node import Node
+    from cuvis_graph.core.node import Node
 
 __all__ = ["PCAVisualization", "subsample_pixels"]
 

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from matplotlib.patches import Patch
 
-from cuvis_graph.leaves import VisualizationNode
-from cuvis_graph.registry import register
+from cuvis_graph.core.leaves import VisualizationNode
+from cuvis_graph.core.registry import register
 
 from ._common import new_figure, wavelengths_from_batch
 from ._selector import read_selection, read_temperature, read_weights
@@ -17,7 +17,7 @@ from ._selector import read_selection, read_temperature, read_weights
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from cuvis_graph.node import Node
+    from cuvis_graph.core.node import Node
 
 __all__ = ["SelectorChannelMaskPlot"]
 

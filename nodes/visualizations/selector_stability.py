@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from cuvis_graph.registry import register
+from cuvis_graph.core.registry import register
 
 from ._common import new_figure, wavelengths_from_batch
 from ._selector import EpochHistoryPlot, jaccard, read_selection, read_weights
@@ -16,7 +16,7 @@ from ._selector import EpochHistoryPlot, jaccard, read_selection, read_weights
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from cuvis_graph.node import Node
+    from cuvis_graph.core.node import Node
 
 __all__ = ["SelectorStabilityPlot"]
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from matplotlib.ticker import MaxNLocator
 
-from cuvis_graph.registry import register
+from cuvis_graph.core.registry import register
 
 from ._common import new_figure
 from ._selector import EpochHistoryPlot, read_temperature
@@ -17,7 +17,7 @@ from ._selector import EpochHistoryPlot, read_temperature
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from cuvis_graph.node import Node
+    from cuvis_graph.core.node import Node
 
 __all__ = ["SelectorTemperaturePlot"]
 

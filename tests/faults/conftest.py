@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from cuvis_graph.cli import main
+from cuvis_graph.cli.app import main
 
 TINY_SYNTHETIC = ["data.params.n_train=2", "data.params.n_val=1", "data.params.n_test=0",
                   "data.params.height=8", "data.params.width=8", "data.params.n_bands=6",
@@ -71,7 +71,7 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-CLI_COMMAND = [sys.executable, "-c", "import sys; from cuvis_graph.cli import main; sys.exit(main())"]
+CLI_COMMAND = [sys.executable, "-c", "import sys; from cuvis_graph.cli.app import main; sys.exit(main())"]
 
 
 def cli_process(args: list[str], cwd: Path, timeout: float = 240, **popen: object) -> Outcome:

@@ -16,7 +16,7 @@ import pytest
 from cuvis_graph.nodes import MinMaxNormalizer, RXGlobal
 
 from cuvis_graph import Graph, GraphDataModule
-from cuvis_graph.saving import save_graph
+from cuvis_graph.io.saving import save_graph
 
 from .conftest import QUIET, TreeSnapshot, cli
 from .test_yaml_cli import BASE as YAML_BASE

@@ -285,8 +285,8 @@ def test_a_data_range_beyond_float32_is_named_at_the_normalizer(tmp_path: Path) 
     from cuvis_graph.nodes import MinMaxNormalizer, RXGlobal
 
     from cuvis_graph import Graph, TrainingConfig
+    from cuvis_graph.core.statistics import StatisticsError
     from cuvis_graph.data import GraphDataModule
-    from cuvis_graph.statistics import StatisticsError
 
     rng = np.random.default_rng(0)
     cubes = (rng.uniform(-1, 1, (2, 8, 8, 4)) * 3e38).astype(np.float32)

@@ -20,12 +20,12 @@ import torch
 from cuvis_graph.nodes import MinMaxNormalizer, RXGlobal
 from safetensors.torch import load_file, save_file
 
-import cuvis_graph.output_paths as output_paths
+import cuvis_graph.io.output_paths as output_paths
 from cuvis_graph import Graph, GraphDataModule, Node, PortSpec
 from cuvis_graph.errors import CuvisGraphError
-from cuvis_graph.export import ExportError, export_onnx
-from cuvis_graph.prediction import predict_files
-from cuvis_graph.saving import ModelFormatError, load_graph, save_graph
+from cuvis_graph.io.export import ExportError, export_onnx
+from cuvis_graph.io.prediction import predict_files
+from cuvis_graph.io.saving import ModelFormatError, load_graph, save_graph
 
 from .conftest import TreeSnapshot, cli
 
@@ -251,7 +251,7 @@ def test_failed_predict_keeps_the_earlier_prediction(model: Path, scene: Path, w
     def full(*args: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("cuvis_graph.prediction._write_summary", full)
+    monkeypatch.setattr("cuvis_graph.io.prediction._write_summary", full)
     predict(model, capsys, workdir / "scenes", "--out", out).fails_naming("No space left on device")
     snapshot.assert_unchanged()  # the earlier results, their summary, no staging folder beside them
 

@@ -21,12 +21,12 @@ from cuvis_graph.nodes.rx import whitening_from_covariance
 from pydantic import ValidationError
 
 from cuvis_graph import Graph, OptimizerConfig, TrainingConfig
+from cuvis_graph.core.leaves import LeafNode
+from cuvis_graph.core.node import Node
+from cuvis_graph.core.registry import registered
+from cuvis_graph.core.statistics import StatisticsError
 from cuvis_graph.data import GraphDataModule
 from cuvis_graph.errors import ConfigError
-from cuvis_graph.leaves import LeafNode
-from cuvis_graph.node import Node
-from cuvis_graph.registry import registered
-from cuvis_graph.statistics import StatisticsError
 
 from .conftest import PIPELINES, QUIET, TINY_SYNTHETIC, TreeSnapshot, cli
 from .test_data import pipeline, scene

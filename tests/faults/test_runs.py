@@ -21,8 +21,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cuvis_graph.io.runs import RunRecordError, open_run, read_run_json
 from cuvis_graph.monitors.file import FileMonitor
-from cuvis_graph.runs import RunRecordError, open_run, read_run_json
 
 from .conftest import (
     CLI_COMMAND,
@@ -49,7 +49,7 @@ def raw_status(run_dir: Path) -> str:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``runs/`` holding one completed 1-epoch run of the pipeline (copied by :func:`a_run`)."""
-    from cuvis_graph.cli import main
+    from cuvis_graph.cli.app import main
 
     root = tmp_path_factory.mktemp("template") / "runs"
     assert main([str(a) for a in TRAIN] + ["training.trainer.max_epochs=1", "--runs-dir", str(root)]) == 0
@@ -243,8 +243,7 @@ def test_disk_full_while_writing_metrics_fails_the_run_and_says_so(workdir, caps
 
 
 def test_disk_full_even_for_run_json_leaves_a_record_the_reader_tells_truthfully(workdir, capsys, monkeypatch):
-    from cuvis_graph import runs
-
+    from cuvis_graph.io import runs
     _full_disk_after(monkeypatch, calls=2)
     save = runs.Run.save
 
@@ -327,8 +326,7 @@ def test_nan_injected_in_weights_fails_naming_the_node(where, workdir, capsys, m
 
 # -- signals ---------------------------------------------------------------------------------------
 def test_sigterm_during_statistical_init_records_terminated_and_exits_143(workdir, capsys, monkeypatch):
-    from cuvis_graph import training
-
+    from cuvis_graph.train import training
     fit = training.fit_statistics
 
     def terminated(*args, **kwargs):

@@ -1,7 +1,7 @@
 """Faults of the YAML and the command line: each is refused with one line naming the place, nothing written.
 
-The limits are those of :mod:`cuvis_graph.yaml_reading` (size, depth, alias expansion, tags,
-key length), :mod:`cuvis_graph.names` (names that become paths), the registry (no module
+The limits are those of :mod:`cuvis_graph.io.yaml_reading` (size, depth, alias expansion, tags,
+key length), :mod:`cuvis_graph.core.names` (names that become paths), the registry (no module
 is widened or imported by a file) and the sweep bound of ``-m/--multirun``.
 """
 
@@ -15,10 +15,10 @@ import pytest
 from cuvis_graph.nodes import AnomalyDetectionMetrics, MinMaxNormalizer, RXGlobal
 
 from cuvis_graph import Graph
+from cuvis_graph.core.names import InvalidNameError
+from cuvis_graph.io.spec import MAX_SWEEP_JOBS
+from cuvis_graph.io.yaml_reading import MAX_BYTES, MAX_DEPTH
 from cuvis_graph.monitors import FileMonitor
-from cuvis_graph.names import InvalidNameError
-from cuvis_graph.spec import MAX_SWEEP_JOBS
-from cuvis_graph.yaml_reading import MAX_BYTES, MAX_DEPTH
 
 from .conftest import PIPELINES, QUIET, TreeSnapshot, cli
 

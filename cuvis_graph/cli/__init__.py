@@ -1,0 +1,5 @@
+"""The ``cuvis-graph`` command line."""
+
+from cuvis_graph.cli.app import main
+
+__all__ = ["main"]

@@ -1,0 +1,316 @@
+"""Mergeable streaming accumulators for statistical initialization.
+
+Every accumulator holds *sufficient statistics* in float64, so that
+
+* batches can arrive in any split and give the same result (up to rounding),
+* two accumulators merge exactly (``a.merge(b)``), and
+* under DDP the per-rank states are summed with one all-reduce (:meth:`all_reduce`).
+
+No accumulator keeps samples: memory is O(C^2) whatever the dataset size.
+
+Moments use a *shift* ``s`` (the first batch's mean) for numerical stability on raw
+sensor values (~1e4)::
+
+    n,   S = sum_i (x_i - s),   M = sum_i (x_i - s)(x_i - s)^T
+    mean = s + S / n
+    scatter = M - S S^T / n            (= sum_i (x_i - mean)(x_i - mean)^T)
+    cov = scatter / (n - ddof)
+
+Changing the shift from ``s`` to ``s'`` with ``d = s - s'`` is exact::
+
+    S' = S + n d,   M' = M + d S^T + S d^T + n d d^T
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+import torch.distributed as dist
+
+from cuvis_graph.errors import CuvisGraphError
+
+__all__ = [
+    "StatisticsError",
+    "Accumulator",
+    "MomentAccumulator",
+    "MinMaxAccumulator",
+    "distributed_ready",
+]
+
+F64 = torch.float64
+
+
+class StatisticsError(CuvisGraphError, RuntimeError):
+    """Statistics that cannot be right (too few samples, non-finite or singular); the fitting
+    pass puts the node's name in front of the message."""
+
+
+def distributed_ready() -> bool:
+    """True when a torch.distributed process group with more than one rank is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+#: Rows per block on CPU (scatter update, min/max): a float64 block of C=100 channels is
+#: 6.5 MB, so the float32->float64 copy, the shift subtraction and the GEMM that follow read
+#: it from cache rather than memory. 16384 rows were ~20% slower, 4096 ~3% faster
+#: single-threaded but twice the parallel regions, which stall when cores are shared
+#: (see benchmarks/README.md, P1).
+BLOCK_ROWS = 8192
+#: Rows per block on accelerators: fewer, larger kernels.
+DEVICE_BLOCK_ROWS = 16384
+#: Rows of the first batch whose mean is the shift (independent of the block size).
+SHIFT_ROWS = 16384
+#: Min/max blocks hold ``BLOCK_ROWS * MINMAX_WIDTH`` values when rows are narrower than this.
+MINMAX_WIDTH = 128
+
+
+def _block_rows(device: torch.device) -> int:
+    return BLOCK_ROWS if device.type == "cpu" else max(BLOCK_ROWS, DEVICE_BLOCK_ROWS)
+
+
+def _as_rows(x: torch.Tensor, dim: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Flatten ``[..., C]`` to ``[N, C]`` rows in their own dtype (C = ``dim``), 0/1 ``weights`` applied."""
+    if x.shape[-1] != dim:
+        raise ValueError(f"expected last dimension {dim}, got shape {tuple(x.shape)}")
+    rows = x.detach().reshape(-1, dim)
+    if weights is not None:
+        rows = rows[weights.detach().reshape(-1).to(rows.device) > 0]
+    return rows
+
+
+class Accumulator(ABC):
+    """Streaming statistic: ``update`` with batches, ``merge`` exactly, ``all_reduce`` over ranks."""
+
+    @abstractmethod
+    def update(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        """Add the rows of ``x`` (``[..., C]``); ``weights`` (``[...]``, 0/1) selects rows."""
+
+    @abstractmethod
+    def merge(self, other: Accumulator) -> None:
+        """Fold another accumulator of the same kind into this one (exact)."""
+
+    def affine_(self, scale: torch.Tensor, offset: torch.Tensor) -> None:
+        """Become the statistic of ``a * x + b`` (per channel) instead of ``x``, where supported."""
+        raise TypeError(f"{type(self).__name__} cannot fold an affine map of its input")
+
+    @abstractmethod
+    def all_reduce(self) -> None:
+        """Combine the states of all DDP ranks in place; a no-op in a single process."""
+
+    @property
+    @abstractmethod
+    def count(self) -> int:
+        """Number of rows seen."""
+
+
+class MomentAccumulator(Accumulator):
+    """Count, mean and (co)variance of ``C``-dimensional rows, in float64 with a shift.
+
+    Args:
+        dim: number of channels C.
+        full_covariance: keep the ``[C, C]`` scatter matrix; otherwise only its diagonal.
+    """
+
+    def __init__(self, dim: int, full_covariance: bool = True) -> None:
+        self.dim = int(dim)
+        self.full_covariance = full_covariance
+        self.n = 0
+        self.shift: torch.Tensor | None = None
+        self.sum = torch.zeros(self.dim, dtype=F64)
+        shape = (self.dim, self.dim) if full_covariance else (self.dim,)
+        self.second = torch.zeros(shape, dtype=F64)
+
+    # -- streaming -------------------------------------------------------------------
+    def update(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        rows = _as_rows(x, self.dim, weights)
+        if rows.shape[0] == 0:
+            return
+        self._to(rows.device)
+        if self.shift is None:
+            self.shift = rows[:SHIFT_ROWS].mean(dim=0, dtype=F64)
+        self.n += rows.shape[0]
+        # Per block: copy into a float64 buffer (stays in cache), subtract the shift in place,
+        # then one GEMV for the sum and one GEMM for the scatter. (A fused mixed-dtype
+        # ``torch.sub(block, shift, out=buffer)`` is slower on CPU than copy_ + sub_.)
+        block_rows = _block_rows(rows.device)
+        buffer = torch.empty(min(block_rows, rows.shape[0]), self.dim, dtype=F64, device=rows.device)
+        ones = torch.ones(buffer.shape[0], dtype=F64, device=rows.device)
+        for block in rows.split(block_rows):
+            centred = buffer[: block.shape[0]]
+            centred.copy_(block)
+            centred.sub_(self.shift)
+            self.sum.addmv_(centred.T, ones[: block.shape[0]])
+            if self.full_covariance:
+                self.second.addmm_(centred.T, centred)
+            else:
+                self.second.addmv_(centred.mul_(centred).T, ones[: block.shape[0]])  # squares in place
+
+    def _to(self, device: torch.device) -> None:
+        if self.sum.device != device:
+            self.sum = self.sum.to(device)
+            self.second = self.second.to(device)
+            if self.shift is not None:
+                self.shift = self.shift.to(device)
+
+    def rebase(self, new_shift: torch.Tensor) -> None:
+        """Express the state relative to ``new_shift`` (exact algebra, see module doc)."""
+        new_shift = new_shift.to(device=self.sum.device, dtype=F64)
+        if self.shift is None:
+            self.shift = new_shift.clone()
+            return
+        d = self.shift - new_shift
+        if self.full_covariance:
+            self.second += torch.outer(d, self.sum) + torch.outer(self.sum, d)
+            self.second += self.n * torch.outer(d, d)
+        else:
+            self.second += 2 * d * self.sum + self.n * d * d
+        self.sum += self.n * d
+        self.shift = new_shift.clone()
+
+    def affine_(self, scale: torch.Tensor, offset: torch.Tensor) -> None:
+        """Become the moments of ``y = a * x + b`` (per channel, ``[C]`` or ``[1]``), exactly::
+
+            s' = a s + b,   S' = a S,   M' = diag(a) M diag(a)
+
+        since ``y - s' = a (x - s)``; hence ``mean' = a mean + b``, ``Sigma' = diag(a) Sigma diag(a)``.
+        """
+        if self.shift is None:
+            return
+        a = scale.to(device=self.sum.device, dtype=F64).expand(self.dim)
+        b = offset.to(device=self.sum.device, dtype=F64).expand(self.dim)
+        self.shift = a * self.shift + b
+        self.sum = a * self.sum
+        self.second = a[:, None] * self.second * a[None, :] if self.full_covariance else a * a * self.second
+
+    def merge(self, other: Accumulator) -> None:
+        if not isinstance(other, MomentAccumulator) or other.dim != self.dim:
+            raise TypeError("can only merge a MomentAccumulator of the same dimension")
+        if other.n == 0:
+            return
+        if self.n == 0:
+            self.n, self.shift = other.n, other.shift.clone()
+            self.sum, self.second = other.sum.clone(), other.second.clone()
+            return
+        other_copy = MomentAccumulator(self.dim, self.full_covariance)
+        other_copy.n, other_copy.shift = other.n, other.shift.clone()
+        other_copy.sum, other_copy.second = other.sum.clone(), other.second.clone()
+        other_copy.rebase(self.shift)
+        self.n += other_copy.n
+        self.sum += other_copy.sum
+        self.second += other_copy.second
+
+    def all_reduce(self) -> None:
+        if not distributed_ready():
+            return
+        # A common shift first (the count-weighted mean of the ranks' means), then sums.
+        count = torch.tensor([float(self.n)], dtype=F64, device=self.sum.device)
+        local_mean = self.mean if self.n > 0 else torch.zeros(self.dim, dtype=F64)
+        weighted = local_mean.to(self.sum.device) * count
+        dist.all_reduce(count)
+        dist.all_reduce(weighted)
+        common = weighted / count.clamp_min(1.0)
+        self.rebase(common)
+        n = torch.tensor([float(self.n)], dtype=F64, device=self.sum.device)
+        for t in (n, self.sum, self.second):
+            dist.all_reduce(t)
+        self.n = int(round(n.item()))
+
+    # -- results ---------------------------------------------------------------------
+    @property
+    def count(self) -> int:
+        return self.n
+
+    def _require_data(self) -> None:
+        if self.n == 0:
+            raise StatisticsError("no data was accumulated")
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """``[C]`` float64 mean."""
+        self._require_data()
+        return self.shift + self.sum / self.n
+
+    @property
+    def scatter(self) -> torch.Tensor:
+        """``[C, C]`` (or ``[C]`` diagonal) float64 sum of centred outer products."""
+        self._require_data()
+        if self.full_covariance:
+            return self.second - torch.outer(self.sum, self.sum) / self.n
+        return self.second - self.sum * self.sum / self.n
+
+    def covariance(self, ddof: int = 1) -> torch.Tensor:
+        """Covariance ``scatter / (n - ddof)``; ``[C, C]`` or its diagonal ``[C]``."""
+        if self.n - ddof <= 0:
+            raise StatisticsError(f"need more than {ddof} samples for a covariance, got {self.n}")
+        return self.scatter / (self.n - ddof)
+
+    def require_rank(self, rank: int, what: str) -> None:
+        """Refuse fewer than ``rank + 1`` samples: the centred scatter of ``n`` rows has rank
+        ``<= n - 1``, so ``what`` (e.g. a full-rank ``C x C`` covariance) needs ``n >= rank + 1``."""
+        if self.n < rank + 1:
+            raise StatisticsError(f"{what} needs at least {rank + 1} samples (pixels), got n={self.n} for "
+                                  f"C={self.dim} channels: the covariance would be singular; use more or larger "
+                                  "training scenes (or fewer channels)")
+
+    def variance(self, ddof: int = 1) -> torch.Tensor:
+        """Per-channel variance ``[C]``."""
+        cov = self.covariance(ddof)
+        return torch.diagonal(cov) if self.full_covariance else cov
+
+
+class MinMaxAccumulator(Accumulator):
+    """Per-channel minimum and maximum of ``C``-dimensional rows (exact under merge)."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = int(dim)
+        self.n = 0
+        self.min = torch.full((self.dim,), float("inf"), dtype=F64)
+        self.max = torch.full((self.dim,), float("-inf"), dtype=F64)
+
+    def update(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        rows = _as_rows(x, self.dim, weights)
+        if rows.shape[0] == 0:
+            return
+        if self.min.device != rows.device:
+            self.min, self.max = self.min.to(rows.device), self.max.to(rows.device)
+        self.n += rows.shape[0]
+        # Exact in the input dtype. Per cache-sized block, amin then amax read the block from
+        # cache (2x faster than two passes over the whole batch); separate amin/amax are
+        # faster than aminmax over dim 0. Narrow rows (C < 128, e.g. one global min/max with
+        # C = 1) get proportionally more rows per block: ~1M values, not thousands of tiny blocks.
+        blocks = rows.split(_block_rows(rows.device) * max(1, MINMAX_WIDTH // self.dim))
+        lo, hi = blocks[0].amin(dim=0), blocks[0].amax(dim=0)
+        for block in blocks[1:]:
+            torch.minimum(lo, block.amin(dim=0), out=lo)
+            torch.maximum(hi, block.amax(dim=0), out=hi)
+        self.min = torch.minimum(self.min, lo.to(F64))
+        self.max = torch.maximum(self.max, hi.to(F64))
+
+    def affine_(self, scale: torch.Tensor, offset: torch.Tensor) -> None:
+        """Become the min/max of ``y = a * x + b`` (per channel): ``a min + b`` and ``a max + b``,
+        swapped where ``a < 0``."""
+        a = scale.to(device=self.min.device, dtype=F64).expand(self.dim)
+        b = offset.to(device=self.min.device, dtype=F64).expand(self.dim)
+        lo, hi = a * self.min + b, a * self.max + b
+        self.min, self.max = torch.where(a < 0, hi, lo), torch.where(a < 0, lo, hi)
+
+    def merge(self, other: Accumulator) -> None:
+        if not isinstance(other, MinMaxAccumulator) or other.dim != self.dim:
+            raise TypeError("can only merge a MinMaxAccumulator of the same dimension")
+        self.n += other.n
+        self.min = torch.minimum(self.min, other.min.to(self.min.device))
+        self.max = torch.maximum(self.max, other.max.to(self.max.device))
+
+    def all_reduce(self) -> None:
+        if not distributed_ready():
+            return
+        n = torch.tensor([float(self.n)], dtype=F64, device=self.min.device)
+        dist.all_reduce(n)
+        dist.all_reduce(self.min, op=dist.ReduceOp.MIN)
+        dist.all_reduce(self.max, op=dist.ReduceOp.MAX)
+        self.n = int(round(n.item()))
+
+    @property
+    def count(self) -> int:
+        return self.n

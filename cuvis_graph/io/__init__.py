@@ -1,0 +1,1 @@
+"""The file layer: YAML pipelines, saved models, runs, prediction on files and ONNX export."""

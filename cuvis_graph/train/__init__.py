@@ -1,0 +1,1 @@
+"""The training layer: configuration, the Lightning module, stages, callbacks and checkpoints."""
