@@ -10,7 +10,8 @@ __all__ = ["ParentBound"]
 
 
 class ParentBound:
-    """Mixin for leaves: remember the parent node the compiler validated the leaf against.
+    """Mixin for leaves: remember the parent node (bound after a successful compile, by
+    :func:`~cuvis_graph.core.compiler.build_plan`; compiling alone binds nothing).
 
     Losses and metrics receive only the parent's *output*; leaves that need the parent
     itself (e.g. a PCA's ``components``) get it here. The node is held in a plain tuple,
@@ -21,12 +22,6 @@ class ParentBound:
 
     _parent_box: tuple[Any, ...] = ()
 
-    def validate_parent(self, parent: Any) -> list[str]:
-        problems = super().validate_parent(parent)  # type: ignore[misc]
-        if not problems:
-            self.bind_parent(parent)
-        return problems
-
     def bind_parent(self, parent: Any) -> None:
         """Use ``parent`` as this leaf's parent node."""
         self._parent_box = (parent,)
@@ -36,5 +31,5 @@ class ParentBound:
         """The bound parent node."""
         if not self._parent_box:
             raise CuvisGraphError(f"leaf '{getattr(self, 'name', None)}' ({type(self).__name__}) has no parent "
-                                  "node: add it to a graph and compile, or call bind_parent(node)")
+                                  "node: add it to a graph and compile it (graph.compile / train), or call bind_parent(node)")
         return self._parent_box[0]

@@ -56,8 +56,9 @@ class SoftChannelSelector(Node):
       ``T = 1`` the weights are proportional to the variances.
 
     C is unknown at construction: the logits are created as soon as C is known, i.e. when
-    the graph is compiled against a datamodule that declares its channel count, at the
-    statistical fit, or at the first forward (whichever comes first).
+    the graph is built for a datamodule that declares its channel count (``graph.compile``,
+    ``graph.train``; ``graph.validate`` checks C but creates nothing), at the statistical
+    fit, or at the first forward (whichever comes first).
 
     Args:
         n_select: number of channels to keep, ``1 <= n_select <= C``.
@@ -120,26 +121,37 @@ class SoftChannelSelector(Node):
         """C once the logits exist, else ``None``."""
         return int(self.logits.numel()) or None
 
-    def build(self, n_channels: int) -> None:
-        """Create the ``[C]`` logits (uniform: zeros) if they do not exist yet."""
+    def check_channels(self, n_channels: int) -> None:
+        """Raise :class:`DimensionMismatch` unless the selector can take ``C = n_channels``
+        (``n_select <= C``, and existing logits of size C)."""
         n_channels = int(n_channels)
         if self.n_select > n_channels:
             raise DimensionMismatch(f"n_select={self.n_select} exceeds the C={n_channels} input channels")
-        if self.logits.numel() == n_channels:
-            return
-        if self.logits.numel() != 0:
+        if self.logits.numel() not in (0, n_channels):
             raise DimensionMismatch(f"the selector has {self.logits.numel()} logits but its input has "
                                     f"C={n_channels} channels")
-        self.logits = nn.Parameter(torch.zeros(n_channels, device=self.logits.device),
+
+    def build(self, n_channels: int) -> None:
+        """Create the ``[C]`` logits (uniform: zeros) if they do not exist yet."""
+        self.check_channels(n_channels)
+        if self.logits.numel() == int(n_channels):
+            return
+        self.logits = nn.Parameter(torch.zeros(int(n_channels), device=self.logits.device),
                                    requires_grad=not self._frozen)
 
     def infer_output_dims(self, input_dims: Mapping[str, tuple[Dim, ...] | list[tuple[Dim, ...]]]
                           ) -> dict[str, tuple[Dim, ...]]:
         out = super().infer_output_dims(input_dims)
-        dims = input_dims.get("x")
-        if dims and isinstance(dims[-1], int):
-            self.build(dims[-1])
+        channels = _channels(input_dims)
+        if channels is not None:
+            self.check_channels(channels)
         return out
+
+    def materialize(self, input_dims: Mapping[str, tuple[Dim, ...] | list[tuple[Dim, ...]]]) -> None:
+        """The logits, once the compiled input declares C (before an optimizer is built)."""
+        channels = _channels(input_dims)
+        if channels is not None:
+            self.build(channels)
 
     def is_trainable(self) -> bool:
         return not self._frozen
@@ -215,3 +227,9 @@ class SoftChannelSelector(Node):
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, n_select={self.n_select}, C={self.n_channels}, "
                 f"T={self.temperature:.4g}, hard={self.hard}, gumbel={self.gumbel}")
+
+
+def _channels(input_dims: Mapping[str, tuple[Dim, ...] | list[tuple[Dim, ...]]]) -> int | None:
+    """C of the compiled input ``x`` when it is known."""
+    dims = input_dims.get("x")
+    return dims[-1] if dims and isinstance(dims[-1], int) else None

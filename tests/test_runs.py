@@ -40,7 +40,7 @@ def test_run_directory_layout_and_statuses(tmp_path):
     assert record["started_at"] <= record["ended_at"] and record["failures"] == []
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert cfg["training"]["trainer"]["max_epochs"] == 2
-    assert [n["name"] for n in cfg["pipeline"]["nodes"]] == ["norm", "rx", "head"]
+    assert list(cfg["pipeline"]["nodes"]) == ["norm", "rx", "head"]
     assert "torch" in cfg["versions"] and "git_commit" in cfg
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert sum(1 for x in lines if x["stage"] == "train") == 2

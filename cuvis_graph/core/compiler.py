@@ -11,24 +11,33 @@
 * leaves: unknown parent, incompatible parent type or missing attribute, parent rank,
   label source (batch key or label node) and ambiguous label nodes;
 * batch keys every node and leaf reads, against what the datamodule declares;
-* training: losses without trainable parameters, trainable parameters without a loss.
+* training: losses without trainable parameters, trainable parameters without a loss;
+* stages (``training.stages``): the nodes and leaves each names, their kinds, and a loss for
+  every stage that trains (:mod:`cuvis_graph.core.stage_checks`).
+
+Compiling changes nothing. :func:`build_plan`, the explicit step after a successful
+compile, creates the parameters whose size the data fixes (:meth:`Node.materialize`) and
+binds parent-reading leaves to their parent node (:meth:`LeafNode.bind_parent`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
 from cuvis_graph.core.leaves import LossNode
 from cuvis_graph.core.node import DimensionMismatch
 from cuvis_graph.core.plan import DataSpec, LeafBinding, Plan, Source, Step
+from cuvis_graph.core.stage_checks import stage_problems
 from cuvis_graph.errors import CompileError, Problem, did_you_mean
 
 if TYPE_CHECKING:
-    from cuvis_graph.core.graph import Graph, ParentRef
+    from cuvis_graph.core.graph import Graph
+    from cuvis_graph.core.structure import ParentRef
 
-__all__ = ["compile_graph"]
+__all__ = ["compile_graph", "build_plan"]
 
 RESERVED_NAMES = {"batch", "target"}
 
@@ -46,14 +55,16 @@ def _batch_dims(key: str, n_channels: int | None) -> tuple | None:
 
 
 class _Compiler:
-    def __init__(self, graph: Graph, data: DataSpec | None, for_training: bool, with_leaves: bool = True) -> None:
-        self.graph = graph
+    def __init__(self, graph: Graph, data: DataSpec | None, for_training: bool, with_leaves: bool = True,
+                 stages: Sequence[Any] = ()) -> None:
+        self.structure = graph.structure
         self.with_leaves = with_leaves
         self.data = data
         self.for_training = for_training
-        self.problems: list[Problem] = list(graph._problems)
-        self.nodes = graph._nodes
-        self.leaves = graph._leaves
+        self.stages = stages
+        self.problems: list[Problem] = list(self.structure.problems)
+        self.nodes = self.structure.node_objects()
+        self.leaves = self.structure.leaf_objects()
 
     def add(self, where: str, message: str) -> None:
         self.problems.append(Problem(where, message))
@@ -94,7 +105,7 @@ class _Compiler:
             if name in RESERVED_NAMES or "." in name or "/" in name or not name:
                 self.add(_node_where(name), "invalid name: use letters, digits and '_' (not 'batch'/'target', no '.' or '/')")
             specs = node.input_specs
-            declared = self.graph._wiring.get(name, {})
+            declared = self.structure.nodes[name].wiring
             inputs: dict[str, Source | list[Source]] = {}
             for port, refs in declared.items():
                 if port not in specs:
@@ -175,7 +186,7 @@ class _Compiler:
             where = f"leaf '{name}' ({type(leaf).__name__})"
             if name in self.nodes:
                 self.add(where, "a node of the same name exists")
-            ref = self.graph._leaf_parents[name]
+            ref = self.structure.leaves[name].parent
             parent = self.resolve(ref, where)
             if parent is None:
                 continue
@@ -249,10 +260,11 @@ class _Compiler:
         leaves = self.bind_leaves(dims) if self.with_leaves else []
         self.check_batch_keys(wiring, leaves)
         self.check_training(order)
+        self.problems += stage_problems(self.structure, self.stages)
         if self.problems:
-            raise CompileError(self.graph.name, self.problems)
+            raise CompileError(self.structure.name, self.problems)
         steps = [Step(n, self.nodes[n], wiring[n]) for n in order]
-        return Plan(self.graph.name, steps, leaves, dims, parents)
+        return Plan(self.structure.name, steps, leaves, dims, parents)
 
 
 def _flat(inputs: dict) -> list[Source]:
@@ -263,12 +275,31 @@ def _flat(inputs: dict) -> list[Source]:
 
 
 def compile_graph(graph: Graph, data: DataSpec | None = None, for_training: bool = False,
-                  with_leaves: bool = True) -> Plan:
-    """Validate ``graph`` against ``data`` and build its :class:`Plan`.
+                  with_leaves: bool = True, stages: Sequence[Any] = ()) -> Plan:
+    """Validate ``graph`` against ``data`` and build its :class:`Plan`; changes no node.
 
-    ``with_leaves=False`` plans the processing nodes only (inference).
+    ``with_leaves=False`` plans the processing nodes only (inference). ``stages``: the
+    ``training.stages`` (:class:`~cuvis_graph.train.config.StageConfig`) to check as well.
 
     Raises:
-        CompileError: listing every problem found, each naming the node, port or leaf.
+        CompileError: listing every problem found, each naming the node, port, leaf or stage.
     """
-    return _Compiler(graph, data, for_training, with_leaves).run()
+    return _Compiler(graph, data, for_training, with_leaves, stages).run()
+
+
+def build_plan(plan: Plan, data: DataSpec | None = None) -> None:
+    """The step after a successful compile: every node of ``plan`` creates the parameters its
+    compiled input dims fix (:meth:`Node.materialize`), and every leaf gets its parent node
+    (:meth:`LeafNode.bind_parent`). Idempotent; ``data`` must be the spec ``plan`` was compiled
+    against."""
+    n_channels = data.n_channels if data is not None else None
+    for step in plan.steps:
+        in_dims: dict[str, Any] = {}
+        for port, src in step.inputs.items():
+            got = [_Compiler.source_dims(s, plan.output_dims, n_channels) for s in (src if isinstance(src, list) else [src])]
+            if all(g is not None for g in got):
+                in_dims[port] = got if isinstance(src, list) else got[0]
+        step.node.materialize(in_dims)
+    nodes = {s.name: s.node for s in plan.steps}
+    for binding in plan.leaves:
+        binding.leaf.bind_parent(nodes[binding.parent.key])

@@ -13,12 +13,13 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from cuvis_graph.core.compiler import compile_graph
+from cuvis_graph.core.compiler import build_plan, compile_graph
 from cuvis_graph.core.fitting import move_batch
 from cuvis_graph.core.leaves import LeafNode, MonitoringNode
 from cuvis_graph.core.names import check_name
 from cuvis_graph.core.node import Node, snake_case
 from cuvis_graph.core.plan import DataSpec, Plan
+from cuvis_graph.core.structure import GraphStructure, ParentLike, ParentRef
 from cuvis_graph.errors import CuvisGraphError, Problem
 from cuvis_graph.io.runs import Run, RunSession, open_run, pipeline_summary
 from cuvis_graph.train.config import TrainingConfig, parse_config
@@ -28,43 +29,6 @@ from cuvis_graph.train.results import TrainResult
 __all__ = ["Graph", "ParentRef"]
 
 log = logging.getLogger(__name__)
-
-ParentLike = Node | str | tuple[Node | str, str]
-
-
-class ParentRef:
-    """A declared parent: a node object, a name (``"norm"`` / ``"norm.out"``) or a batch key
-    (``"batch.mask"``)."""
-
-    __slots__ = ("obj", "name", "port", "batch_key")
-
-    def __init__(self, obj: Node | None = None, name: str | None = None, port: str | None = None,
-                 batch_key: str | None = None) -> None:
-        self.obj, self.name, self.port, self.batch_key = obj, name, port, batch_key
-
-    @classmethod
-    def parse(cls, ref: ParentLike) -> ParentRef:
-        if isinstance(ref, ParentRef):
-            return ref
-        if isinstance(ref, tuple) and len(ref) == 2:
-            base = cls.parse(ref[0])
-            base.port = ref[1]
-            return base
-        if isinstance(ref, Node):
-            return cls(obj=ref)
-        if isinstance(ref, str):
-            head, _, tail = ref.partition(".")
-            if head == "batch" and tail:
-                return cls(batch_key=tail)
-            return cls(name=head, port=tail or None)
-        raise TypeError(f"a parent must be a node, a name or (node, port); got {type(ref).__name__}")
-
-    def label(self) -> str:
-        if self.batch_key:
-            return f"batch.{self.batch_key}"
-        name = self.obj.name if self.obj is not None else self.name
-        return f"{name}.{self.port}" if self.port else str(name)
-
 
 class Graph:
     """A DAG of processing nodes with leaves (losses, metrics, visualizations) and monitors.
@@ -175,6 +139,13 @@ class Graph:
         return monitor
 
     @property
+    def structure(self) -> GraphStructure:
+        """A frozen snapshot of the nodes with their wiring, the leaves with their parents,
+        the monitors and the problems found while building (see :mod:`cuvis_graph.core.structure`)."""
+        return GraphStructure.snapshot(self._name, self._nodes, self._wiring, self._leaves, self._leaf_parents,
+                                       self._monitors, self._problems)
+
+    @property
     def nodes(self) -> dict[str, Node]:
         return dict(self._nodes)
 
@@ -193,12 +164,18 @@ class Graph:
 
     # -- compile -------------------------------------------------------------------------
     def compile(self, datamodule: Any = None, for_training: bool = False) -> Plan:
-        """Validate and plan (see :func:`~cuvis_graph.core.compiler.compile_graph`)."""
-        return compile_graph(self, _data_spec(datamodule), for_training=for_training)
+        """Validate and plan (see :func:`~cuvis_graph.core.compiler.compile_graph`), then build
+        the nodes for the plan (:func:`~cuvis_graph.core.compiler.build_plan`: parameters whose
+        size the data fixes, parents bound to the leaves that read them)."""
+        data = _data_spec(datamodule)
+        plan = compile_graph(self, data, for_training=for_training)
+        build_plan(plan, data)
+        return plan
 
     def validate(self, datamodule: Any = None) -> Plan:
-        """Run every compile check without reading data; raises one ``CompileError``."""
-        return self.compile(datamodule)
+        """Run every compile check without reading data; raises one ``CompileError``.
+        Changes nothing: every node's parameters and state dict stay as they are."""
+        return compile_graph(self, _data_spec(datamodule))
 
     def describe(self, datamodule: Any = None) -> str:
         """A table: name, type, parents, output dims (channels from ``datamodule`` or the data
@@ -246,10 +223,11 @@ class Graph:
         ``refit``: fit already-fitted statistical nodes again (``True``: all; or their names).
         ``pipeline_spec``: the resolved YAML pipeline, written to ``config.yaml``.
         """
-        from cuvis_graph.train.training import check_stages, train_graph
+        from cuvis_graph.train.training import train_graph
 
         config = parse_config(TrainingConfig, config)
-        check_stages(self, config)
+        # graph and stage problems together, before any data or run directory
+        compile_graph(self, None, for_training=config.trains, stages=config.stages)
         quiet_lightning()
         if run_dir is False:
             return train_graph(self, datamodule, config, callbacks, refit, None)

@@ -80,6 +80,10 @@ class LeafNode(RecordsInit, nn.Module):
                 )
         return problems
 
+    def bind_parent(self, parent: Node) -> None:
+        """Receive the parent node itself, after a successful compile (for leaves that read
+        the parent's attributes, e.g. its components). Default: the output is enough."""
+
     def hparams(self) -> dict[str, Any]:
         return dict(getattr(self, "_hparams", {}))
 

@@ -147,6 +147,12 @@ class Node(RecordsInit, nn.Module):
             for port, spec in self.output_specs.items()
         }
 
+    def materialize(self, input_dims: Mapping[str, tuple[Dim, ...] | list[tuple[Dim, ...]]]) -> None:
+        """Create the parameters whose size the compiled ``input_dims`` fix (e.g. one logit per
+        input channel). Called once after a successful compile (never by the compile itself,
+        which changes nothing) by the paths that train or run the graph; idempotent. Default:
+        nothing to create."""
+
     # -- statistical protocol ---------------------------------------------------------
     @property
     def is_fitted(self) -> bool:

@@ -53,6 +53,7 @@ from typing import Any, BinaryIO
 import yaml
 
 from cuvis_graph.errors import CuvisGraphError
+from cuvis_graph.io.plain import plain
 
 __all__ = [
     "Run",
@@ -370,7 +371,7 @@ class Run:
         """``config.yaml``: pipeline, training config, versions, git commit."""
         data = {"pipeline": dict(pipeline), "training": dict(training), "versions": library_versions(),
                 "git_commit": git_commit()}
-        atomic_write_text(self.path / "config.yaml", yaml.safe_dump(_plain(data), sort_keys=False))
+        atomic_write_text(self.path / "config.yaml", yaml.safe_dump(plain(data), sort_keys=False))
 
     def trim_metrics(self, after_step: int) -> None:
         """Drop ``metrics.jsonl`` lines logged at or after ``after_step`` (progress lost by a kill,
@@ -555,28 +556,14 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def _plain(obj: Any) -> Any:
-    """Plain YAML-safe data (tuples -> lists, unknown objects -> str)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple | set | frozenset):
-        return [_plain(v) for v in obj]
-    if obj is None or isinstance(obj, bool | int | float | str):
-        return obj
-    return str(obj)
-
-
 def pipeline_summary(graph: Any) -> dict[str, Any]:
-    """A plain description of the graph (used in ``config.yaml`` when no YAML spec is given):
-    name, nodes / leaves with type, parameters and parents, monitors."""
-    def entry(name: str, obj: Any, parents: Any) -> dict[str, Any]:
-        return {"name": name, "type": type(obj).__name__, "params": _plain(obj.hparams()), "parents": parents}
+    """The graph's pipeline mapping (used in ``config.yaml`` when no YAML spec is given): the
+    same serializer as ``graph.to_yaml()`` (:func:`cuvis_graph.io.spec.writer.graph_spec`),
+    with the class name and ``str`` standing in for what a pipeline file could not hold.
+    Its ``params`` are every constructor parameter (defaults included)."""
+    from cuvis_graph.io.spec.writer import graph_spec
 
-    nodes = [entry(n, obj, {port: [r.label() for r in refs] for port, refs in graph._wiring.get(n, {}).items()})
-             for n, obj in graph.nodes.items()]
-    leaves = [entry(n, obj, graph._leaf_parents[n].label()) for n, obj in graph.leaves.items()]
-    monitors = [{"type": type(m).__name__, "params": _plain(m.hparams())} for m in graph.monitors]
-    return {"name": graph.name, "nodes": nodes, "leaves": leaves, "monitors": monitors}
+    return graph_spec(graph, strict=False)
 
 
 # -- lifecycle ------------------------------------------------------------------------------
@@ -717,10 +704,11 @@ def check_continuation(run: Run, training: Mapping[str, Any], pipeline: Mapping[
         except (OSError, yaml.YAMLError) as exc:
             raise ResumeError(f"{recorded_path}: cannot be read ({str(exc).splitlines()[0]}); the run's pipeline "
                               "is unknown, so it cannot be continued; start a new run") from None
-        new = yaml.safe_load(yaml.safe_dump(_plain({"pipeline": pipeline, "training": training})))
+        new = yaml.safe_load(yaml.safe_dump(plain({"pipeline": pipeline, "training": training})))
         old, now = _comparable(recorded), _comparable(new)
         diffs = [f"{k}: {old.get(k, '(absent)')!r} -> {now.get(k, '(absent)')!r}" for k in sorted(old.keys() | now.keys())
-                 if old.get(k, _MISSING) != now.get(k, _MISSING) and not _new_field(k, old, now)]
+                 if old.get(k, _MISSING) != now.get(k, _MISSING)
+                 and not _new_field(k, old, now, full_params="training" not in pipeline)]
         if diffs:
             more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
             raise ResumeError(f"run {run.path}: the pipeline differs from the one the run was trained with: "
@@ -755,19 +743,20 @@ def _containers(flat: Mapping[str, Any]) -> set[str]:
     return {key.rsplit(".", i)[0] for key in flat for i in range(1, key.count(".") + 1)} | set(flat)
 
 
-def _new_field(key: str, old: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
-    """``key`` is on one side only, in a section recorded in full (the training config, or the
-    node parameters of a graph trained from Python: ``nodes.<i>.params``) that both sides have:
+def _new_field(key: str, old: Mapping[str, Any], now: Mapping[str, Any], full_params: bool) -> bool:
+    """``key`` is on one side only, in a section recorded in full that both sides have: the
+    training config, or (``full_params``: the record of a graph trained from Python, which
+    has no ``training`` section) the node / leaf / monitor parameters ``nodes.<name>.params``:
     a field a newer (or older) cuvis-graph added at its default, not a change of the run. (A
     pipeline file's ``params`` hold only what the file wrote, so there a missing key is a change.)"""
     if (key in old) == (key in now) or "." not in key:
         return False
     parent = key.rsplit(".", 1)[0]
-    full = parent.startswith("training.") or _FULL_PARAMS.match(parent) is not None
+    full = parent.startswith("training.") or (full_params and _PARAMS.match(parent) is not None)
     return full and parent in _containers(old) and parent in _containers(now)
 
 
-_FULL_PARAMS = re.compile(r"(nodes|leaves|monitors)\.\d+\.params(\.|$)")
+_PARAMS = re.compile(r"(nodes|leaves|monitors)\.[^.]+\.params(\.|$)")
 
 
 def _flatten(value: Any, prefix: str) -> dict[str, Any]:

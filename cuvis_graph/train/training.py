@@ -47,9 +47,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from cuvis_graph.core.fitting import FitReport, fit_statistics
-from cuvis_graph.core.leaves import LossNode
 from cuvis_graph.core.plan import Plan
-from cuvis_graph.errors import ConfigError, Problem, did_you_mean
+from cuvis_graph.errors import ConfigError
 from cuvis_graph.io.runs import RunRecordError, pipeline_summary
 from cuvis_graph.monitors.file import FileMonitor
 from cuvis_graph.monitors.hub import MonitorHub, MonitorLogger
@@ -77,50 +76,9 @@ if TYPE_CHECKING:
     from cuvis_graph.core.graph import Graph
     from cuvis_graph.io.runs import Run, RunSession
 
-__all__ = ["train_graph", "evaluate_graph", "check_stages", "stage_problems", "load_checkpoint"]
+__all__ = ["train_graph", "evaluate_graph", "load_checkpoint"]
 
 log = logging.getLogger(__name__)
-
-
-# -- checks before any data ----------------------------------------------------------------
-def stage_problems(graph: Graph, config: TrainingConfig) -> list[Problem]:
-    """Every node / leaf a stage names must exist and have the right kind."""
-    nodes, leaves = graph.nodes, graph.leaves
-    losses = [n for n, leaf in leaves.items() if isinstance(leaf, LossNode)]
-    problems: list[Problem] = []
-    for i, stage in enumerate(config.stages):
-        at = f"training.stages.{i}"
-        for field in ("trainable", "frozen"):
-            for name in getattr(stage, field) or []:
-                if name not in nodes:
-                    problems.append(Problem(f"{at}.{field}", f"no node '{name}' in graph '{graph.name}'"
-                                                             f"{did_you_mean(name, nodes)}"))
-        for name in [] if stage.refit == "all" else stage.refit:
-            if name not in nodes:
-                problems.append(Problem(f"{at}.refit", f"no node '{name}' in graph '{graph.name}'"
-                                                       f"{did_you_mean(name, nodes)}"))
-            elif not nodes[name].statistical:
-                problems.append(Problem(f"{at}.refit", f"node '{name}' ({type(nodes[name]).__name__}) has no "
-                                                       "statistics to fit"))
-        for name in stage.loss_weights() or {}:
-            if name in leaves and name not in losses:
-                problems.append(Problem(f"{at}.losses", f"leaf '{name}' is a {type(leaves[name]).__name__}, "
-                                                        "not a loss"))
-            elif name not in leaves:
-                problems.append(Problem(f"{at}.losses", f"no loss leaf '{name}' in graph '{graph.name}'"
-                                                        f"{did_you_mean(name, losses)}"))
-        if stage.max_epochs > 0 and not (losses if stage.losses is None else stage.loss_weights()):
-            problems.append(Problem(at, f"stage '{stage.name}' trains {stage.max_epochs} epoch(s) but has no loss"))
-    return problems
-
-
-def check_stages(graph: Graph, config: TrainingConfig) -> None:
-    """Raise one :class:`ConfigError` listing every :func:`stage_problems` finding."""
-    problems = stage_problems(graph, config)
-    if problems:
-        head = "1 problem" if len(problems) == 1 else f"{len(problems)} problems"
-        raise ConfigError(f"graph '{graph.name}': {head} in training.stages\n"
-                          + "\n".join(f"  {k}. {p}" for k, p in enumerate(problems, 1)))
 
 
 # -- trainability --------------------------------------------------------------------------
