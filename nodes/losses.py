@@ -202,16 +202,18 @@ class WeightedMultiLoss(ParentBound, LossNode):
 
     Args:
         losses: child losses: a list, or ``{child_name: loss}``; each a ``LossNode`` or a
-            YAML-style mapping ``{"type": "OrthogonalityLoss", "weight": 0.1, ...}``.
+            YAML-style mapping ``{"type": "OrthogonalityLoss", "weight": 0.1, ...}``;
+            ``None``: none yet, add them with :meth:`add_loss`.
         weights: ``w_i`` as a list (same order) or ``{child_name: w_i}``; ``None``: the
-            children's own weights.
+            children's own weights (cuvis.ai: ``loss_weights``).
         weight: factor of the whole sum in the total loss.
     """
 
-    def __init__(self, losses: Sequence[LossNode | Mapping[str, Any]] | Mapping[str, LossNode | Mapping[str, Any]],
-                 weights: Sequence[float] | Mapping[str, float] | None = None, weight: float = 1.0,
+    def __init__(self, losses: Sequence[LossNode | Mapping[str, Any]] | Mapping[str, LossNode | Mapping[str, Any]]
+                 | None = None, weights: Sequence[float] | Mapping[str, float] | None = None, weight: float = 1.0,
                  name: str | None = None, label_source: str | None = None) -> None:
         super().__init__(weight=weight, name=name, label_source=label_source)
+        losses = {} if losses is None else losses
         if isinstance(losses, Mapping):
             items = [(str(k), _build_child(v, f"losses['{k}']")) for k, v in losses.items()]
         else:
@@ -219,8 +221,6 @@ class WeightedMultiLoss(ParentBound, LossNode):
             for i, spec in enumerate(losses):
                 child = _build_child(spec, f"losses[{i}]")
                 items.append((child.name or f"{snake_case(type(child).__name__)}_{i}", child))
-        if not items:
-            raise ValueError("WeightedMultiLoss needs at least one child loss")
         names = [n for n, _ in items]
         if len(set(names)) != len(names):
             raise ValueError(f"child loss names must be unique, got {names}")
@@ -238,16 +238,51 @@ class WeightedMultiLoss(ParentBound, LossNode):
             if len(weights) != len(items):
                 raise ValueError(f"got {len(weights)} weights for {len(items)} child losses")
             self.component_weights = {n: float(w) for n, w in zip(names, weights, strict=True)}
-        sources = {c.label_source for _, c in items if c.needs_labels}
-        self.needs_labels = any(c.needs_labels for _, c in items)
+        self._own_label_source = label_source
+        self._resolve_target()
+        self.last_components: dict[str, torch.Tensor] = {}
+
+    def _resolve_target(self) -> None:
+        """``needs_labels`` and ``label_source`` from the children (they must agree on the target)."""
+        children = list(self.losses.values())
+        sources = {c.label_source for c in children if c.needs_labels}
+        self.needs_labels = any(c.needs_labels for c in children)
         if len(sources) > 1:
             raise ValueError(f"child losses read different targets {sorted(map(str, sources))}: "
                              "attach them as separate loss leaves")
-        child_source = next(iter(sources), None)
-        if child_source is not None and label_source is not None and child_source != label_source:
-            raise ValueError(f"label_source={label_source!r} disagrees with the children's target {child_source!r}")
-        self.label_source = label_source if label_source is not None else child_source
-        self.last_components: dict[str, torch.Tensor] = {}
+        child_source, own = next(iter(sources), None), self._own_label_source
+        if child_source is not None and own is not None and child_source != own:
+            raise ValueError(f"label_source={own!r} disagrees with the children's target {child_source!r}")
+        self.label_source = own if own is not None else child_source
+
+    def add_loss(self, name: str, loss: LossNode | Mapping[str, Any], weight: float | None = None) -> LossNode:
+        """Add child ``name`` with factor ``w = weight`` (``None``: the weight given for ``name``
+        at construction, else the child's own)."""
+        if name in self.losses:
+            raise ValueError(f"a child loss named {name!r} exists already; children: {list(self.losses)}")
+        child = _build_child(loss, f"add_loss({name!r})")
+        child.name = child.name or name
+        self.losses[name] = child
+        preset = self.component_weights.get(name, child.weight)
+        self.component_weights[name] = float(preset if weight is None else weight)
+        try:
+            self._resolve_target()
+        except ValueError:
+            del self.losses[name], self.component_weights[name]
+            raise
+        if self._parent_box and isinstance(child, ParentBound):
+            child.bind_parent(self._parent_box[0])
+        return child
+
+    @property
+    def loss_nodes(self) -> nn.ModuleDict:
+        """cuvis.ai name of :attr:`losses`."""
+        return self.losses
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        """cuvis.ai name of the child factors ``{child_name: w_i}``."""
+        return self.component_weights
 
     @property
     def required_batch_keys(self) -> set[str]:
@@ -266,7 +301,8 @@ class WeightedMultiLoss(ParentBound, LossNode):
                 child.bind_parent(parent)
 
     def compute_loss(self, output: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
-        total = None
+        """``sum_i w_i L_i``; ``0`` without children."""
+        total = None if self.losses else output.new_zeros(())
         components: dict[str, torch.Tensor] = {}
         for child_name, child in self.losses.items():
             value = self.component_weights[child_name] * child.compute_loss(output, batch)

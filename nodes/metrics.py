@@ -286,7 +286,8 @@ class ExplainedVarianceMetric(ParentBound, MetricNode):
     Over the evaluated data, ``ratio_k = Var(y_k) / tr(Sigma)`` with ``y_k`` the parent's
     k-th output (un-whitened by the parent's ``output_scale`` when present), ``Var`` the
     float64 streaming sample variance (ddof = 1) and ``tr(Sigma)`` the parent's
-    ``total_variance`` (all C input channels, fitted). Logs ``component_<k>`` and ``total``.
+    ``total_variance`` (all C input channels, fitted). Logs ``component_<k>`` and ``total``
+    (also as ``comp_<k>`` and ``cumulative``).
     On the data the PCA was fitted on, with untrained components, ``ratio_k`` equals the
     parent's ``explained_variance_ratio`` (= scikit-learn's); with trained components it
     shows how much variance the learned projection keeps.
@@ -304,6 +305,16 @@ class ExplainedVarianceMetric(ParentBound, MetricNode):
         if getattr(parent, "whiten", False) and scale is not None and scale.numel() == y.shape[-1]:
             y = y / scale.to(y.device)
         metrics.update(y, parent.total_variance)
+
+    def compute_metrics(self, metrics: Metric) -> dict[str, float]:
+        """``component_<k>`` and ``total``, plus cuvis.ai's names ``comp_<k>`` and ``cumulative``
+        (the same values)."""
+        values = super().compute_metrics(metrics)
+        values.update({f"comp_{k.removeprefix('component_')}": v for k, v in list(values.items())
+                       if k.startswith("component_")})
+        if "total" in values:
+            values["cumulative"] = values["total"]
+        return values
 
 
 class OrthogonalityState(Metric):
@@ -333,7 +344,8 @@ class ComponentOrthogonalityMetric(ParentBound, MetricNode):
     """How far the parent's ``components`` ``W`` (``[K, C]``) are from orthonormal rows.
 
     Logs ``frobenius = ||W W^T - I_K||_F`` (the square root of ``OrthogonalityLoss``) and
-    ``max_abs = max_ij |(W W^T - I)_ij|``; 0 for a freshly fitted PCA, growing if training
+    ``max_abs = max_ij |(W W^T - I)_ij|`` (``frobenius`` also as
+    ``orthogonality_error``); 0 for a freshly fitted PCA, growing if training
     bends the components. The parent output is not read.
     """
 
@@ -344,3 +356,10 @@ class ComponentOrthogonalityMetric(ParentBound, MetricNode):
 
     def update_metrics(self, metrics: Metric, output: torch.Tensor, batch: Mapping[str, Any]) -> None:
         metrics.update(self.parent.components)
+
+    def compute_metrics(self, metrics: Metric) -> dict[str, float]:
+        """``frobenius`` and ``max_abs``, plus cuvis.ai's ``orthogonality_error`` (= ``frobenius``)."""
+        values = super().compute_metrics(metrics)
+        if "frobenius" in values:
+            values["orthogonality_error"] = values["frobenius"]
+        return values

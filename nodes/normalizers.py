@@ -111,6 +111,16 @@ class MinMaxNormalizer(_AffineMixin, Node):
         inv_range = 1.0 / (hi - lo + self.eps)
         return self._apply_affine(torch.addcmul(-lo * inv_range, x, inv_range))  # one pass over x
 
+    @property
+    def running_min(self) -> torch.Tensor:
+        """cuvis.ai name of :attr:`min`."""
+        return self.min
+
+    @property
+    def running_max(self) -> torch.Tensor:
+        """cuvis.ai name of :attr:`max`."""
+        return self.max
+
 
 @register
 class StandardNormalizer(_AffineMixin, Node):

@@ -305,6 +305,18 @@ class RXGlobal(Node):
     def is_trainable(self) -> bool:
         return self.trainable_stats and not self._frozen
 
+    @property
+    def mu(self) -> torch.Tensor:
+        """cuvis.ai name of :attr:`mean` (``[C]``)."""
+        return self.mean
+
+    @property
+    def cov(self) -> torch.Tensor:
+        """The regularised covariance ``(W^T W)^{-1} = L L^T`` (``[C, C]``, float64) that the
+        whitening ``W`` inverts (cuvis.ai's ``cov``; computed on access)."""
+        factor = torch.linalg.inv(self.whitening)
+        return factor @ factor.T
+
     def _factor(self) -> torch.Tensor:
         """The effective lower-triangular factor ``(I + tril(D)) W``."""
         if not self.trainable_stats:

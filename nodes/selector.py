@@ -65,6 +65,9 @@ class SoftChannelSelector(Node):
         init_method: ``"uniform"`` or ``"variance"``.
         temperature_init, temperature_min, temperature_decay: the annealing schedule.
         hard: top-k binary mask in eval mode.
+        trainable: ``False`` freezes the logits (a fixed selection, e.g. the variance init).
+        eps: ``log(var + eps)`` in the variance init (``0``: the variance clamped at the
+            smallest positive float64).
         gumbel: add Gumbel noise to the logits during gradient training.
     """
 
@@ -74,8 +77,11 @@ class SoftChannelSelector(Node):
 
     def __init__(self, n_select: int, init_method: str = "uniform", temperature_init: float = 5.0,
                  temperature_min: float = 0.1, temperature_decay: float = 0.9, hard: bool = False,
-                 gumbel: bool = False, name: str | None = None) -> None:
+                 gumbel: bool = False, trainable: bool = True, eps: float = 0.0, name: str | None = None) -> None:
         super().__init__(name=name)
+        if eps < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        self.trainable, self.eps = bool(trainable), float(eps)
         if int(n_select) < 1:
             raise ValueError(f"n_select must be >= 1, got {n_select}")
         if init_method not in INIT_METHODS:
@@ -92,6 +98,13 @@ class SoftChannelSelector(Node):
         self.logits = nn.Parameter(torch.zeros(0))
         self.register_buffer("current_temperature", torch.tensor(self.temperature_init, dtype=torch.float64))
         self.register_buffer("annealing_epoch", torch.tensor(0, dtype=torch.long))
+        if not self.trainable:
+            self.freeze()
+
+    @property
+    def channel_logits(self) -> torch.Tensor:
+        """cuvis.ai name of :attr:`logits` (``[C]``)."""
+        return self.logits
 
     # -- schedule ------------------------------------------------------------------------
     @property
@@ -166,7 +179,7 @@ class SoftChannelSelector(Node):
     def finalize_statistics(self, accumulators: dict[str, Accumulator]) -> None:
         acc: MomentAccumulator = accumulators["moments"]  # type: ignore[assignment]
         variance = acc.variance(ddof=1)
-        log_var = variance.clamp_min(torch.finfo(torch.float64).tiny).log()
+        log_var = (variance + self.eps if self.eps else variance.clamp_min(torch.finfo(torch.float64).tiny)).log()
         self.build(acc.dim)
         with torch.no_grad():
             self.logits.copy_((log_var - log_var.mean()).to(self.logits))

@@ -206,6 +206,7 @@ class Graph:
 
     # -- train -------------------------------------------------------------------------
     def train(self, datamodule: Any, config: TrainingConfig | Mapping[str, Any] | None = None, *,
+              training_config: TrainingConfig | Mapping[str, Any] | None = None,
               callbacks: list[pl.Callback] | None = None, refit: bool | Sequence[str] = False,
               run_dir: str | os.PathLike | Literal[False] | None = None, runs_root: str | os.PathLike | None = None,
               resume: str | os.PathLike | None = None, pipeline_spec: Mapping[str, Any] | None = None) -> TrainResult:
@@ -222,9 +223,14 @@ class Graph:
         ``callbacks``: extra Lightning callbacks; one that raises is reported and skipped.
         ``refit``: fit already-fitted statistical nodes again (``True``: all; or their names).
         ``pipeline_spec``: the resolved YAML pipeline, written to ``config.yaml``.
+        ``training_config``: cuvis.ai name of ``config`` (give one of the two).
         """
         from cuvis_graph.train.training import train_graph
 
+        if training_config is not None:
+            if config is not None:
+                raise TypeError("train: 'config' and 'training_config' name the same argument; give one")
+            config = training_config
         config = parse_config(TrainingConfig, config)
         # graph and stage problems together, before any data or run directory
         compile_graph(self, None, for_training=config.trains, stages=config.stages)

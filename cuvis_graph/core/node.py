@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from cuvis_graph.core.aliases import callable_flag
 from cuvis_graph.core.hparams import RecordsInit
 from cuvis_graph.core.statistics import Accumulator
 from cuvis_graph.errors import NotFittedError
@@ -182,8 +183,15 @@ class Node(RecordsInit, nn.Module):
             )
 
     # -- training state ------------------------------------------------------------
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if callable(cls.__dict__.get("is_trainable")):  # a method here, a property in cuvis.ai: both work
+            cls.is_trainable = callable_flag(cls.__dict__["is_trainable"])
+
+    @callable_flag
     def is_trainable(self) -> bool:
-        """Whether the node has (or will have after fitting) parameters that need gradients."""
+        """Whether the node has (or will have after fitting) parameters that need gradients;
+        reads as a method (``node.is_trainable()``) and as a flag (``if node.is_trainable:``)."""
         return not self._frozen and any(p.requires_grad for p in self.parameters())
 
     def freeze(self) -> None:

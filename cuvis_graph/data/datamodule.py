@@ -18,6 +18,7 @@ is read.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cuvis_graph.core.plan import DataSpec
+from cuvis_graph.data.batch_keys import canonical_batch, canonical_loader
 from cuvis_graph.data.checks import (
     DataError,
     integer_range_problem,
@@ -37,7 +39,7 @@ from cuvis_graph.data.checks import (
 )
 from cuvis_graph.train.distributed import ShardSampler, distributed_shape
 
-__all__ = ["GraphDataModule", "ArrayDataModule", "CubeDataset", "collate_cubes"]
+__all__ = ["GraphDataModule", "ArrayDataModule", "CubeDataset", "collate_cubes", "statistics_loader"]
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +132,9 @@ def _contiguous_range(dataset: Dataset) -> tuple[CubeDataset, int, int] | None:
 
 
 def collate_cubes(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack ``cube``/``mask`` to a batch; ``wavelengths`` stays ``[C]``."""
+    """Stack ``cube``/``mask`` to a batch; ``wavelengths`` stays ``[C]`` (items are dicts;
+    ``x`` / ``labels`` are read as ``cube`` / ``mask``)."""
+    items = [canonical_batch(it, "dataset item") for it in items]
     batch: dict[str, Any] = {}
     for key in items[0]:
         if key == "wavelengths":
@@ -147,7 +151,32 @@ class GraphDataModule(pl.LightningDataModule):
         n_channels: declared channel count C (``None`` if unknown before reading).
         batch_keys: keys every batch carries.
         wavelengths: ``[C]`` band centres in nm, or ``None``.
+
+    Written the cuvis.ai way, a subclass may assign ``self.train_dataset`` /
+    ``self.val_dataset`` (the same attributes as ``train_set`` / ``val_set``) and override
+    ``train_dataloader()`` / ``val_dataloader()``: statistics are then fitted from the
+    overridden training loader, batch keys ``x`` / ``labels`` are read as ``cube`` / ``mask``,
+    a batch that is not a dict raises one error naming the keys, and when ``n_channels`` is
+    not declared the channel count and batch keys come from the first training batch.
     """
+
+    _LOADERS = ("train_dataloader", "val_dataloader", "test_dataloader", "predict_dataloader",
+                "statistics_dataloader")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__module__.startswith("cuvis_graph."):
+            return  # the built-in datamodules yield the primary keys
+        for method in cls._LOADERS:
+            if method in cls.__dict__:
+                setattr(cls, method, _canonical_method(cls.__dict__[method], f"{cls.__name__}.{method}()"))
+
+    train_dataset = property(lambda self: self.train_set, lambda self, value: setattr(self, "train_set", value),
+                             doc="cuvis.ai name of ``train_set``.")
+    val_dataset = property(lambda self: self.val_set, lambda self, value: setattr(self, "val_set", value),
+                           doc="cuvis.ai name of ``val_set``.")
+    test_dataset = property(lambda self: self.test_set, lambda self, value: setattr(self, "test_set", value),
+                            doc="cuvis.ai name of ``test_set``.")
 
     def __init__(self, batch_size: int = 4, num_workers: int = 0) -> None:
         super().__init__()
@@ -161,6 +190,8 @@ class GraphDataModule(pl.LightningDataModule):
         self.test_set: Dataset | None = None
 
     def data_spec(self) -> DataSpec:
+        if self.n_channels is None:
+            self._declare_from_first_batch()
         wl = None if self.wavelengths is None else tuple(float(w) for w in self.wavelengths)
         return DataSpec(n_channels=self.n_channels, batch_keys=frozenset(self.batch_keys), wavelengths=wl)
 
@@ -177,6 +208,19 @@ class GraphDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
+
+    def _declare_from_first_batch(self) -> None:
+        """``n_channels``, ``batch_keys`` (and ``wavelengths``) from the first training batch,
+        for subclasses that declare none (one batch is read)."""
+        if self.train_set is None and type(self).train_dataloader is GraphDataModule.train_dataloader:
+            return
+        batch = next(iter(statistics_loader(self)()), None)
+        if batch is None or not hasattr(batch.get("cube"), "shape"):
+            return
+        self.n_channels = int(batch["cube"].shape[-1])
+        self.batch_keys = frozenset(self.batch_keys) | frozenset(batch)
+        if self.wavelengths is None and batch.get("wavelengths") is not None:
+            self.wavelengths = np.asarray(batch["wavelengths"], dtype=np.float32).reshape(-1)
 
     def statistics_dataloader(self) -> DataLoader | InMemoryBatches:
         """Training data in a fixed order, for statistical initialization (zero-copy when in memory)."""
@@ -201,6 +245,38 @@ class GraphDataModule(pl.LightningDataModule):
         """A datamodule over in-memory cubes ``[N, H, W, C]`` (or one ``[H, W, C]`` cube)."""
         return ArrayDataModule(cubes, masks, wavelengths, batch_size=batch_size, val_fraction=val_fraction,
                                val_on_train=val_on_train, seed=seed)
+
+
+def _canonical_method(method: Any, where: str) -> Any:
+    @functools.wraps(method)
+    def loader(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return canonical_loader(method(self, *args, **kwargs), where)
+
+    return loader
+
+
+def _defining_class(cls: type, name: str) -> type | None:
+    return next((klass for klass in cls.__mro__ if name in klass.__dict__), None)
+
+
+def statistics_loader(datamodule: Any) -> Any:
+    """The zero-argument callable giving the loader statistics are fitted from.
+
+    ``statistics_dataloader`` (the training data in a fixed order, exact under DDP) when the
+    datamodule has one and its ``train_dataloader`` is not overridden below it; otherwise
+    ``train_dataloader``: statistics then read exactly what training reads.
+    """
+    inner = getattr(datamodule, "data", None)  # a Lightning view of a GraphDataModule
+    datamodule = inner if isinstance(inner, GraphDataModule) else datamodule
+    exact = getattr(datamodule, "statistics_dataloader", None)
+    if exact is None:
+        return datamodule.train_dataloader
+    train_owner = _defining_class(type(datamodule), "train_dataloader")
+    stats_owner = _defining_class(type(datamodule), "statistics_dataloader")
+    if train_owner is not None and stats_owner is not None and train_owner is not stats_owner \
+            and issubclass(train_owner, stats_owner):
+        return datamodule.train_dataloader
+    return exact
 
 
 class ArrayDataModule(GraphDataModule):

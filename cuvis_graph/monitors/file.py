@@ -26,7 +26,13 @@ class FileMonitor(MonitoringNode):
 
     Each JSON line: ``{"stage": ..., "step": ..., "time": ..., "metrics": {key: value}}``.
     A figure named ``heatmap/scores`` at step 3 becomes
-    ``artifacts/<stage>/heatmap__scores_step0003.png``.
+    ``artifacts/<stage>/heatmap__scores_step0003.png``; the other entries of a cuvis.ai
+    artifact dict (``log_artifacts({"x": {"figure": fig, "statistics": {...}}})``) become
+    ``artifacts/<stage>/x_step0003.json``. cuvis.ai's ``DummyMonitor`` also pickled each
+    artifact (``.pkl``); nothing is pickled here: a pickle runs code when it is loaded.
+
+    Args:
+        root: the folder (cuvis.ai: ``output_dir``).
     """
 
     def __init__(self, root: str | os.PathLike = "runs/file_monitor", name: str | None = None, dpi: int = 100) -> None:
@@ -58,11 +64,37 @@ class FileMonitor(MonitoringNode):
             raise TypeError(f"FileMonitor can store matplotlib figures only, got {type(artifact).__name__}")
         self.artifacts.append(path)
 
+    def log_artifact_data(self, data: Mapping[str, Any], name: str, step: int, stage: str) -> None:
+        """The plain-data entries of an artifact as JSON (values that JSON cannot hold as text)."""
+        folder = self.root / "artifacts" / _safe(stage)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{_safe(name.replace('/', '__'))}_step{int(step):04d}.json"
+        tmp = path.with_suffix(".tmp.json")
+        tmp.write_text(json.dumps(_plain(data), indent=1, default=repr), encoding="utf-8")
+        os.replace(tmp, path)
+        self.artifacts.append(path)
+
+    @property
+    def output_dir(self) -> Path:
+        """cuvis.ai name of :attr:`root`."""
+        return self.root
+
     def read_metrics(self) -> list[dict[str, Any]]:
         """All lines of ``metrics.jsonl`` as dicts."""
         if not self.metrics_path.exists():
             return []
         return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+
+def _plain(value: Any) -> Any:
+    """Tensors and arrays as lists, numbers as floats, mappings and sequences recursively."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 #: Name kept for users of cuvis.ai.

@@ -31,13 +31,18 @@ class TensorBoardMonitor(MonitoringNode):
       (``training/optimizer/lr``...) in the HPARAMS tab, nested in ``hparams.yaml``.
 
     Args:
-        root: folder for the event files. ``None``: ``<run dir>/tensorboard`` when training
-            into a run directory. An explicit root gets one ``version_N`` folder per run.
+        root: folder for the event files (cuvis.ai: ``log_dir``). ``None``: ``<run
+            dir>/tensorboard`` when training into a run directory. An explicit root gets one
+            ``version_N`` folder per run.
+        flush_secs: write pending events to disk at least this often (seconds).
         name: monitor name (in failure reports).
     """
 
-    def __init__(self, root: str | os.PathLike | None = None, name: str | None = None) -> None:
+    def __init__(self, root: str | os.PathLike | None = None, flush_secs: int = 120, name: str | None = None) -> None:
+        if flush_secs <= 0:
+            raise ValueError(f"flush_secs must be > 0, got {flush_secs}")
         self.root = None if root is None else Path(root)
+        self.flush_secs = int(flush_secs)
         self.name = name or "tensorboard"
         self._logger: Any = None
         self._in_run = False
@@ -56,7 +61,7 @@ class TensorBoardMonitor(MonitoringNode):
 
             root = self.root if self.root is not None else Path("runs") / "tensorboard"
             self._logger = TensorBoardLogger(save_dir=str(root), name="", version="" if self._in_run else None,
-                                             default_hp_metric=False)
+                                             default_hp_metric=False, flush_secs=self.flush_secs)
         return self._logger
 
     @property

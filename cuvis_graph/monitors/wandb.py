@@ -45,17 +45,24 @@ class WandBMonitor(MonitoringNode):
 
     When the ``wandb`` package is missing, one warning is given and the monitor does
     nothing; training goes on.
+
+    Args:
+        config: extra entries of the W&B run config (beside ``pipeline`` and ``training``).
+        notes: the W&B run's notes.
+        run_name: the W&B run name (cuvis.ai's ``name``; here ``name`` names the monitor).
     """
 
     def __init__(self, project: str = "cuvis-graph", entity: str | None = None,
                  mode: Literal["offline", "online", "disabled"] = "offline", tags: list[str] | None = None,
                  save_dir: str | os.PathLike | None = None, run_name: str | None = None,
+                 config: Mapping[str, Any] | None = None, notes: str | None = None,
                  name: str | None = None) -> None:
         if mode not in ("offline", "online", "disabled"):
             raise ValueError(f"mode must be 'offline', 'online' or 'disabled', got {mode!r}")
         self.project, self.entity, self.mode, self.tags = project, entity, mode, list(tags or [])
         self.save_dir = None if save_dir is None else Path(save_dir)
         self.run_name = run_name
+        self.config, self.notes = dict(config or {}), notes
         self.name = name or "wandb"
         self._logger: Any = None
         self._unavailable = False
@@ -88,7 +95,9 @@ class WandBMonitor(MonitoringNode):
             save_dir.mkdir(parents=True, exist_ok=True)
             self._logger = WandbLogger(project=self.project, entity=self.entity, tags=self.tags, name=self.run_name,
                                        save_dir=str(save_dir), mode=mode, offline=mode == "offline",
-                                       settings={"silent": True, "console": "off"})
+                                       settings={"silent": True, "console": "off"}, notes=self.notes)
+            if self.config:
+                self._logger.log_hyperparams(dict(self.config))
             # Lightning always passes anonymous=None, which wandb >= 0.19 answers with "The anonymous
             # setting has no effect" on every run; we never ask for anonymous logging, so drop the key.
             if self._logger._wandb_init.get("anonymous") is None:

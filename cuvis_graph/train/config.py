@@ -7,7 +7,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cuvis_graph.errors import ConfigError
+from cuvis_graph.errors import ConfigError, did_you_mean
+from cuvis_graph.train.compat import (
+    MONITOR_PLUGINS,
+    as_dict,
+    from_dict_config,
+    lift_optimizer_scheduler,
+    scheduler_name,
+    to_dict_config,
+)
 
 __all__ = [
     "TrainerConfig",
@@ -21,6 +29,9 @@ __all__ = [
     "StageConfig",
     "format_validation_error",
     "parse_config",
+    "as_dict",
+    "to_dict_config",
+    "from_dict_config",
 ]
 
 
@@ -46,7 +57,11 @@ def _runs_on_gpu(accelerator: str) -> bool:
 
 
 class TrainerConfig(StrictModel):
-    """The Lightning Trainer options users need. ``max_epochs=0``: statistical init only."""
+    """The Lightning Trainer options users need. ``max_epochs=0``: statistical init only.
+
+    ``devices=None`` means ``"auto"``. ``enable_checkpointing``: ``False`` turns
+    ``TrainingConfig.checkpoint`` off (``None``, the default: as ``checkpoint.enabled`` says).
+    """
 
     max_epochs: int = Field(5, ge=0)
     accelerator: str = "auto"
@@ -64,6 +79,12 @@ class TrainerConfig(StrictModel):
     check_val_every_n_epoch: int = Field(1, ge=1)
     num_sanity_val_steps: int = Field(0, ge=-1)
     enable_progress_bar: bool = True
+    enable_checkpointing: bool | None = None
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _none_is_auto(cls, v: Any) -> Any:
+        return "auto" if v is None else v
 
     @field_validator("precision")
     @classmethod
@@ -107,12 +128,18 @@ class TrainerConfig(StrictModel):
         return self
 
     def trainer_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``lightning.pytorch.Trainer`` (``None`` values dropped)."""
-        return {k: v for k, v in self.model_dump().items() if v is not None}
+        """Keyword arguments for ``lightning.pytorch.Trainer`` (``None`` values dropped;
+        checkpointing is configured by ``TrainingConfig.checkpoint``)."""
+        return {k: v for k, v in self.model_dump(exclude={"enable_checkpointing"}).items() if v is not None}
 
 
 class OptimizerConfig(StrictModel):
-    """Optimizer: ``adam``, ``adamw`` or ``sgd`` (with momentum)."""
+    """Optimizer: ``adam``, ``adamw`` or ``sgd`` (with momentum).
+
+    ``scheduler`` (a name such as ``"cosine"`` / ``"reduce_on_plateau"``, or a
+    :class:`SchedulerConfig` mapping) is accepted here as in cuvis.ai; the training or stage
+    config moves it to its own ``scheduler`` field.
+    """
 
     name: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(1e-2, gt=0)
@@ -120,6 +147,12 @@ class OptimizerConfig(StrictModel):
     betas: tuple[float, float] = (0.9, 0.999)
     momentum: float = Field(0.9, ge=0)
     nesterov: bool = False
+    scheduler: SchedulerConfig | None = None
+
+    @field_validator("scheduler", mode="before")
+    @classmethod
+    def _scheduler_by_name(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
 
 
 class SchedulerConfig(StrictModel):
@@ -133,7 +166,8 @@ class SchedulerConfig(StrictModel):
       ``min_lr + (lr - min_lr) * (1 + cos(pi * (s - warmup_steps) / (S - warmup_steps))) / 2``.
       ``warmup_epochs`` and ``warmup_steps`` are exclusive.
     * ``step``: ``lr * gamma ** (epoch // step_size)``.
-    * ``plateau``: multiply by ``factor`` when ``monitor`` stalls for ``patience`` epochs.
+    * ``plateau`` (also ``reduce_on_plateau``): multiply by ``factor`` when ``monitor`` stalls
+      for ``patience`` epochs.
     """
 
     name: Literal["cosine", "step", "plateau"]
@@ -147,6 +181,11 @@ class SchedulerConfig(StrictModel):
     patience: int = Field(5, ge=0)
     monitor: str = "val/loss"
     mode: Literal["min", "max"] = "min"
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _primary_name(cls, v: Any) -> Any:
+        return scheduler_name(v)
 
     @model_validator(mode="after")
     def _one_warmup(self) -> SchedulerConfig:
@@ -243,6 +282,11 @@ class StageConfig(StrictModel):
     scheduler: SchedulerConfig | None = None
     refit: list[str] | Literal["all"] = Field(default_factory=list)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _optimizer_scheduler(cls, data: Any) -> Any:
+        return lift_optimizer_scheduler(data, "stage")
+
     @model_validator(mode="after")
     def _one_selection(self) -> StageConfig:
         if self.trainable is not None and self.frozen is not None:
@@ -269,6 +313,14 @@ class TrainingConfig(StrictModel):
     ``train_metrics``: also compute the metric leaves on the training batches, as the
     training steps see them (train mode, weights of that step), logged per epoch as
     ``train/<leaf>/<metric>``; off by default (it costs a metric update per step).
+    ``monitor_plugins``: monitors by name, added for the run to the graph's registered ones:
+    ``"tensorboard"``, ``"wandb"``, ``"loguru"`` / ``"logging"`` (metrics to the Python log),
+    ``"dummy"`` / ``"file"`` (nothing to add: the run directory has the files).
+
+    Defaults that differ from cuvis.ai: ``seed`` 0 (42 there), ``trainer.max_epochs`` 5 (1),
+    ``trainer.accelerator`` ``"auto"`` (``"cpu"``), ``trainer.devices`` 1 (``None``),
+    ``trainer.log_every_n_steps`` 10 (50), checkpointing on (off), ``optimizer.lr`` 1e-2
+    (1e-3), ``monitor_plugins`` empty (``["loguru"]``).
     """
 
     seed: int = 0
@@ -280,6 +332,27 @@ class TrainingConfig(StrictModel):
     run: RunConfig = Field(default_factory=RunConfig)
     stages: list[StageConfig] = Field(default_factory=list)
     train_metrics: bool = False
+    monitor_plugins: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _optimizer_scheduler(cls, data: Any) -> Any:
+        return lift_optimizer_scheduler(data, "training")
+
+    @field_validator("monitor_plugins")
+    @classmethod
+    def _known_plugins(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name.lower() not in MONITOR_PLUGINS:
+                raise ValueError(f"unknown monitor plugin {name!r}{did_you_mean(name, MONITOR_PLUGINS)}; "
+                                 f"one of {sorted(MONITOR_PLUGINS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _checkpointing_switch(self) -> TrainingConfig:
+        if self.trainer.enable_checkpointing is False and self.checkpoint.enabled:
+            object.__setattr__(self, "checkpoint", self.checkpoint.model_copy(update={"enabled": False}))
+        return self
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainingConfig:

@@ -48,6 +48,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from cuvis_graph.core.fitting import FitReport, fit_statistics
 from cuvis_graph.core.plan import Plan
+from cuvis_graph.data.datamodule import statistics_loader
 from cuvis_graph.errors import ConfigError
 from cuvis_graph.io.runs import RunRecordError, pipeline_summary
 from cuvis_graph.monitors.file import FileMonitor
@@ -59,6 +60,7 @@ from cuvis_graph.train.callbacks import (
     SafeCallback,
     build_callbacks,
 )
+from cuvis_graph.train.compat import plugin_monitors
 from cuvis_graph.train.config import StageConfig, TrainingConfig
 from cuvis_graph.train.distributed import (
     RESUME_CKPT_ENV,
@@ -146,7 +148,7 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
         os.environ[RESUMING_ENV] = "1" if run.resuming else "0"
         os.environ[RESUME_CKPT_ENV] = str(run.resume_checkpoint or "")
     device = _init_device(config.trainer.accelerator)
-    monitors = list(graph.monitors)
+    monitors = list(graph.monitors) + plugin_monitors(config.monitor_plugins, graph.monitors)
     record = RunFiles(run.path) if writes else None
     if record is not None:
         monitors.insert(0, record)
@@ -165,7 +167,7 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
         run.trim_metrics(0)  # an attempt that starts over keeps no line of the earlier one
     if restore is not None:  # fitted statistics come from the checkpoint: fitting below skips fitted nodes
         module.load_state_dict(load_checkpoint(restore)["state_dict"])
-    loader = getattr(datamodule, "statistics_dataloader", datamodule.train_dataloader)
+    loader = statistics_loader(datamodule)  # the loader training reads, unless the datamodule has an exact one
     if distributed and restore is None:  # before Lightning starts the other processes
         _check_batches_per_process(_length(loader()), world, getattr(datamodule, "batch_size", None))
     progress = config.trainer.enable_progress_bar

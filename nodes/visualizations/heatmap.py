@@ -64,14 +64,25 @@ class AnomalyHeatmap(VisualizationNode):
         rgb_bands: three band indices ``(r, g, b)`` for the false-colour image.
         max_images: number of images of the batch to draw.
         figsize: size of one figure in inches ``(width, height)``.
+        cmap: matplotlib colormap of the score panel and the overlay (cuvis.ai: ``colormap``).
+        vmin, vmax: ends of the score colour scale; ``None``: the image's min / max.
     """
 
     figsize_default: tuple[float, float] = (13.0, 4.2)
 
     def __init__(self, log_frequency: int = 1, threshold: float | None = None, rgb_bands: Sequence[int] | None = None,
-                 max_images: int = 1, figsize: Sequence[float] | None = None, name: str | None = None,
+                 max_images: int = 1, figsize: Sequence[float] | None = None, cmap: str = "inferno",
+                 vmin: float | None = None, vmax: float | None = None, name: str | None = None,
                  label_source: str | None = None) -> None:
         super().__init__(log_frequency=log_frequency, name=name, label_source=label_source)
+        from matplotlib import colormaps
+
+        if cmap not in colormaps:
+            raise ValueError(f"cmap: unknown matplotlib colormap {cmap!r}")
+        if vmin is not None and vmax is not None and not vmin < vmax:
+            raise ValueError(f"need vmin < vmax, got vmin={vmin}, vmax={vmax}")
+        self.cmap = cmap
+        self.vmin, self.vmax = (None if v is None else float(v) for v in (vmin, vmax))
         if max_images < 1:
             raise ValueError(f"max_images must be >= 1, got {max_images}")
         if rgb_bands is not None and len(rgb_bands) != 3:
@@ -101,10 +112,12 @@ class AnomalyHeatmap(VisualizationNode):
         ax_scores, ax_overlay, ax_mask = fig.subplots(1, 3)
         finite = np.isfinite(s)
         lo, hi = (float(s[finite].min()), float(s[finite].max())) if finite.any() else (0.0, 1.0)
+        lo = lo if self.vmin is None else self.vmin
+        hi = hi if self.vmax is None else self.vmax
         threshold = self.threshold if self.threshold is not None else default_threshold(s)
         rule = "fixed" if self.threshold is not None else "mean+3σ"
 
-        im = ax_scores.imshow(s, cmap="inferno", vmin=lo, vmax=hi if hi > lo else lo + 1.0, interpolation="nearest")
+        im = ax_scores.imshow(s, cmap=self.cmap, vmin=lo, vmax=hi if hi > lo else lo + 1.0, interpolation="nearest")
         fig.colorbar(im, ax=ax_scores, fraction=0.046, pad=0.04, label="score")
         ax_scores.set_title(f"scores (image {index})")
 
@@ -118,7 +131,7 @@ class AnomalyHeatmap(VisualizationNode):
             rgb, band_text = np.zeros(s.shape + (3,)), "no cube in batch"
         median = float(np.median(s[finite])) if finite.any() else 0.0
         alpha = np.clip((np.nan_to_num(s, nan=median) - median) / max(hi - median, 1e-12), 0.0, 1.0) * 0.75
-        heat = colormaps["inferno"](np.clip((np.nan_to_num(s, nan=lo) - lo) / max(hi - lo, 1e-12), 0, 1))[..., :3]
+        heat = colormaps[self.cmap](np.clip((np.nan_to_num(s, nan=lo) - lo) / max(hi - lo, 1e-12), 0, 1))[..., :3]
         ax_overlay.imshow((1 - alpha[..., None]) * rgb + alpha[..., None] * heat, interpolation="nearest")
         ax_overlay.set_title(f"overlay on RGB ({band_text})")
 
