@@ -157,19 +157,29 @@ def registered_name(cls: type) -> str | None:
 
 
 def kind_of(cls: type) -> str | None:
-    """``"node"``, ``"leaf"``, ``"monitor"``, ``"data"`` or ``None`` for other classes."""
-    import lightning.pytorch as pl
+    """``"node"``, ``"leaf"``, ``"monitor"``, ``"data"`` or ``None`` for other classes.
 
+    ``"data"``: a :class:`~cuvis_graph.data.GraphDataModule` or a Lightning
+    ``LightningDataModule`` (recognised by its bases' names, without importing Lightning).
+    """
     from cuvis_graph.core.leaves import LeafNode, MonitoringNode
     from cuvis_graph.core.node import Node
+    from cuvis_graph.data.datamodule import GraphDataModule
 
     if not isinstance(cls, type):
         return None
     for kind, base in (("node", Node), ("leaf", LeafNode), ("monitor", MonitoringNode),
-                       ("data", pl.LightningDataModule)):
+                       ("data", GraphDataModule)):
         if issubclass(cls, base):
             return kind
+    if any(c.__name__ == "LightningDataModule" and c.__module__.split(".")[0] in _LIGHTNING_PACKAGES
+           for c in cls.__mro__):
+        return "data"
     return None
+
+
+#: top-level packages whose ``LightningDataModule`` subclasses are datamodules
+_LIGHTNING_PACKAGES = ("lightning", "pytorch_lightning")
 
 
 # -- allowlist ----------------------------------------------------------------------------

@@ -11,14 +11,15 @@ compiled module closes them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from cuvis_graph.core.leaves import TARGET_KEY
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "new_figure",
@@ -32,6 +33,9 @@ __all__ = [
 
 def new_figure(figsize: tuple[float, float]) -> Figure:
     """An Agg-backed figure with constrained layout (content fills the canvas)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=tuple(float(s) for s in figsize), layout="constrained")
     FigureCanvasAgg(fig)
     return fig

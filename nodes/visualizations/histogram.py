@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy.stats import gaussian_kde
 
 from cuvis_graph.core.leaves import VisualizationNode
 from cuvis_graph.core.registry import register
@@ -137,6 +136,8 @@ class ScoreHistogram(VisualizationNode):
 def _kde(ax: Axes, values: np.ndarray, edges: np.ndarray, colour: str, label: str) -> float:
     """Draw the Gaussian KDE of ``values`` (deterministic subsample) over ``edges``' range;
     its highest value, 0 when skipped (degenerate values)."""
+    from scipy.stats import gaussian_kde
+
     if values.size < 2 or np.ptp(values) == 0:
         return 0.0
     if values.size > KDE_POINTS:

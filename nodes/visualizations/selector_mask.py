@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.patches import Patch
 
 from cuvis_graph.core.leaves import VisualizationNode
 from cuvis_graph.core.registry import register
@@ -51,6 +50,8 @@ class SelectorChannelMaskPlot(VisualizationNode):
         self.figsize = tuple(figsize) if figsize is not None else self.figsize_default
 
     def visualize(self, output: Any, batch: Mapping[str, Any], parent: Node) -> dict[str, Figure]:
+        from matplotlib.patches import Patch
+
         weights = read_weights(parent)
         c = weights.size
         selected = sorted(i for i in read_selection(parent) if 0 <= i < c)

@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.ticker import MaxNLocator
 
 from cuvis_graph.core.registry import register
 
@@ -53,6 +52,8 @@ class SelectorStabilityPlot(EpochHistoryPlot):
         return epochs[1:], [jaccard(a, b) for a, b in zip(sets[:-1], sets[1:], strict=True)]
 
     def visualize(self, output: Any, batch: Mapping[str, Any], parent: Node) -> dict[str, Figure]:
+        from matplotlib.ticker import MaxNLocator
+
         c = read_weights(parent).size
         current = self.record(read_selection(parent))
         fig = new_figure(self.figsize)

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from matplotlib.ticker import MaxNLocator
 
 from cuvis_graph.core.registry import register
 
@@ -50,6 +49,8 @@ class SelectorTemperaturePlot(EpochHistoryPlot):
         self.figsize = tuple(figsize) if figsize is not None else self.figsize_default
 
     def visualize(self, output: Any, batch: Mapping[str, Any], parent: Node) -> dict[str, Figure]:
+        from matplotlib.ticker import MaxNLocator
+
         current = self.record(read_temperature(parent))
         epochs = np.array(list(self.history), dtype=float)
         temps = np.array(list(self.history.values()), dtype=float)
