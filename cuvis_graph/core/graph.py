@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from cuvis_graph.core.compiler import build_plan, compile_graph
-from cuvis_graph.core.fitting import move_batch
 from cuvis_graph.core.leaves import LeafNode, MonitoringNode
 from cuvis_graph.core.names import check_name
 from cuvis_graph.core.node import Node, snake_case
@@ -284,10 +283,13 @@ class Graph:
     def predict(self, data: Any, output: str | None = None) -> dict[str, torch.Tensor] | torch.Tensor:
         """Run the graph on a cube ``[H,W,C]``, a batch ``[B,H,W,C]`` or a batch dict.
 
-        Returns ``{sink_name: tensor}``, or the tensor of node ``output`` (``"name"`` or
-        ``"name.port"``). A 3-D input gives outputs without the batch dimension.
+        Returns ``{sink_name: tensor}`` (each sink's first port), or the tensor of node
+        ``output`` (``"name"`` or ``"name.port"``). A 3-D input gives outputs without the batch
+        dimension. Runs in eval and inference mode; every node's train/eval mode is restored
+        afterwards. Each call compiles the graph: to predict many batches, build one
+        :class:`~cuvis_graph.core.inference.InferenceSession` and call its ``predict``.
         """
-        from cuvis_graph.core.executor import Executor
+        from cuvis_graph.core.inference import InferenceSession
 
         single = False
         if isinstance(data, Mapping):
@@ -299,28 +301,10 @@ class Graph:
             if cube.ndim != 4:
                 raise ValueError(f"predict takes a cube [H,W,C] or a batch [B,H,W,C], got shape {tuple(cube.shape)}")
             batch = {"cube": cube.float()}
-        cube = batch["cube"]
-        plan = compile_graph(self, DataSpec(n_channels=int(cube.shape[-1]), batch_keys=frozenset(batch)),
-                             with_leaves=False)
-        device = next((t.device for s in plan.steps for t in list(s.node.parameters()) + list(s.node.buffers())),
-                      torch.device("cpu"))
-        batch = move_batch(batch, device)
-        executor = Executor(plan)
-        for step in plan.steps:
-            step.node.eval()
-        with torch.no_grad():
-            outputs = executor.run(batch)
-        if output is not None:
-            name, _, port = output.partition(".")
-            if name not in outputs:
-                from cuvis_graph.errors import did_you_mean
-
-                raise KeyError(f"no node '{name}' in graph '{self.name}'{did_you_mean(name, outputs)}")
-            ports = outputs[name]
-            result = ports[port] if port else next(iter(ports.values()))
+        result = InferenceSession.for_batch(self, batch).predict(batch, output)
+        if isinstance(result, torch.Tensor):
             return result[0] if single else result
-        sinks = {n: next(iter(outputs[n].values())) for n in plan.sinks()}
-        return {n: (t[0] if single else t) for n, t in sinks.items()}
+        return {n: (t[0] if single else t) for n, t in result.items()}
 
 
 def quiet_lightning() -> None:

@@ -12,7 +12,8 @@ statistics pass, validation and test on the *partition* (``stride = tile``, ``ed
 every pixel is seen exactly once there, so fitted means/covariances equal the whole-scene
 ones (sufficient statistics merge exactly) and pixel metrics are the whole-scene metrics.
 
-:func:`predict_tiled` runs ``graph.predict`` on overlapping tiles and keeps from each tile
+:func:`predict_tiled` runs the graph on overlapping tiles (one
+:class:`~cuvis_graph.core.inference.InferenceSession`: compiled once) and keeps from each tile
 only its centre: along each axis a pixel shared by two tiles is taken from the tile where it
 is farther from the border (the cut is the middle of the overlap). For pixel-wise graphs
 (normalizers, RX, PCA, selectors) the stitched map equals the whole-scene prediction; a
@@ -268,10 +269,22 @@ def _centre_cuts(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:], strict=True))
 
 
+def _tile_predictor(graph: Any, n_channels: int, with_wavelengths: bool) -> Any:
+    """One inference session for every tile of a :class:`~cuvis_graph.Graph`; another
+    object is its own predictor (``predict(batch, output=None)``)."""
+    from cuvis_graph.core.graph import Graph
+    from cuvis_graph.core.inference import InferenceSession
+
+    if not isinstance(graph, Graph):
+        return graph
+    keys = frozenset({"cube", "wavelengths"} if with_wavelengths else {"cube"})
+    return InferenceSession(graph, DataSpec(n_channels=n_channels, batch_keys=keys))
+
+
 def predict_tiled(graph: Any, cube: Any, *, tile: int | Sequence[int] = 256, overlap: int | Sequence[int] = 0,
                   output: str | None = None, batch_size: int = 1,
                   wavelengths: np.ndarray | None = None) -> np.ndarray | dict[str, np.ndarray]:
-    """Run ``graph.predict`` on overlapping tiles of ``cube [H, W, C]`` and stitch the full maps.
+    """Run ``graph`` on overlapping tiles of ``cube [H, W, C]`` and stitch the full maps.
 
     Tiles are ``tile`` pixels (clipped to the scene), ``tile - overlap`` apart, the last one
     shifted back to the border; each output pixel comes from the tile where it is farthest
@@ -279,7 +292,8 @@ def predict_tiled(graph: Any, cube: Any, *, tile: int | Sequence[int] = 256, ove
     from ``cube``, so a ``np.memmap`` (:func:`cuvis_graph.data.read_cube`) stays on disk.
 
     Args:
-        graph: a fitted :class:`~cuvis_graph.Graph`.
+        graph: a fitted :class:`~cuvis_graph.Graph` (compiled once for all tiles), or any
+            object with ``predict(batch, output=None)``.
         cube: ``[H, W, C]`` array, tensor or :class:`~cuvis_graph.data.HyperspectralCube`.
         tile: tile size (int or ``(h, w)``).
         overlap: pixels shared by neighbouring tiles (``0 <= overlap < tile``).
@@ -310,6 +324,7 @@ def predict_tiled(graph: Any, cube: Any, *, tile: int | Sequence[int] = 256, ove
     jobs = [(r, c) for r in range(len(rows)) for c in range(len(cols))]
     wl = None if wavelengths is None else torch.as_tensor(np.asarray(wavelengths), dtype=torch.float32)
 
+    predictor = _tile_predictor(graph, int(cube.shape[-1]), wl is not None)
     results: dict[str, np.ndarray] = {}
     for i in range(0, len(jobs), max(1, int(batch_size))):
         chunk = jobs[i:i + max(1, int(batch_size))]
@@ -321,7 +336,7 @@ def predict_tiled(graph: Any, cube: Any, *, tile: int | Sequence[int] = 256, ove
         batch: dict[str, torch.Tensor] = {"cube": torch.stack(tiles).float()}
         if wl is not None:
             batch["wavelengths"] = wl
-        predicted = graph.predict(batch, output=output)
+        predicted = predictor.predict(batch, output=output)
         outs: Mapping[str, torch.Tensor] = {output: predicted} if output is not None else predicted
         for name, value in outs.items():
             value = value.detach().cpu()

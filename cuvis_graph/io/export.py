@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cuvis_graph.core.plan import DataSpec
+from cuvis_graph.core.inference import InferenceSession, sink_outputs
+from cuvis_graph.core.plan import DataSpec, Step
 from cuvis_graph.errors import CuvisGraphError
 from cuvis_graph.io.output_paths import refuse_inside_model
 
@@ -66,7 +67,8 @@ def _module_key(name: str, taken: set[str]) -> str:
 
 class InferenceModule(nn.Module):
     """``forward(cube [B, H, W, C]) -> tuple`` of the sinks' first output ports (as
-    :meth:`Graph.predict` returns them), run by the graph's one executor.
+    :meth:`Graph.predict` returns them), run by the graph's one executor through an
+    :class:`~cuvis_graph.core.inference.InferenceSession` (:attr:`session`).
 
     The nodes are registered as submodules (keys = node names), so ONNX node names carry
     the graph node they come from (``/rx/MatMul``).
@@ -74,17 +76,13 @@ class InferenceModule(nn.Module):
 
     def __init__(self, graph: Graph, n_channels: int) -> None:
         super().__init__()
-        from cuvis_graph.core.compiler import compile_graph
-        from cuvis_graph.core.executor import Executor
-
-        self.plan = compile_graph(graph, DataSpec(n_channels=n_channels, batch_keys=frozenset({INPUT_NAME})),
-                                  with_leaves=False)
+        self.session = InferenceSession(graph, DataSpec(n_channels=n_channels, batch_keys=frozenset({INPUT_NAME})))
+        self.plan = self.session.plan
         for step in self.plan.steps:
             step.node.check_fitted()
-        self.executor = Executor(self.plan)
         taken: set[str] = set()
         self.nodes = nn.ModuleDict({_module_key(s.name, taken): s.node for s in self.plan.steps})
-        self.sinks: list[str] = self.plan.sinks()
+        self.sinks: list[str] = self.session.sinks
         self.n_channels = n_channels
 
     def output_names(self) -> list[str]:
@@ -92,8 +90,8 @@ class InferenceModule(nn.Module):
         return [f"{n}_output" if n == INPUT_NAME else n for n in self.sinks]
 
     def forward(self, cube: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        outputs = self.executor.run({INPUT_NAME: cube})
-        return tuple(next(iter(outputs[n].values())) for n in self.sinks)
+        outputs = self.session.executor.run({INPUT_NAME: cube}, keep=self.sinks)
+        return tuple(sink_outputs(self.plan, outputs).values())
 
 
 class _OneNode(nn.Module):
@@ -183,23 +181,28 @@ def _export(module: nn.Module, example: tuple[torch.Tensor, ...], target: str | 
                           output_names=output_names, dynamic_axes=dynamic_axes, do_constant_folding=True)
 
 
+class _Located(Exception):
+    """Stops the eager run at the first node that cannot be exported alone."""
+
+
 def _locate_failure(module: InferenceModule, cube: torch.Tensor, opset: int) -> str | None:
-    """Export every node alone, on the inputs it gets from an eager run; the first that
-    fails is named: ``"node 'x' (Type): message"``."""
-    executor = module.executor
-    batch = {INPUT_NAME: cube}
-    outputs: dict[str, dict[str, torch.Tensor]] = {}
-    with torch.no_grad():
-        for step in module.plan.steps:
-            kwargs = executor.node_inputs(step, batch, outputs)
-            layout = [(p, len(v) if isinstance(v, list) else None) for p, v in kwargs.items()]
-            flat = [t for v in kwargs.values() for t in (v if isinstance(v, list) else [v])]
-            try:
-                _export(_OneNode(step.node, layout), tuple(flat), io.BytesIO(), opset,
-                        [f"in{i}" for i in range(len(flat))], [], {})
-            except Exception as exc:  # noqa: BLE001 - this is what we are looking for
-                return f"node '{step.name}' ({type(step.node).__name__}): {type(exc).__name__}: {exc}"
-            outputs[step.name] = executor.run_step(step, batch, outputs)
+    """Export every node alone, on the inputs it gets in an eager run (an executor hook);
+    the first that fails is named: ``"node 'x' (Type): message"``."""
+
+    def export_alone(step: Step, inputs: dict[str, Any], _result: Any) -> None:
+        layout = [(p, len(v) if isinstance(v, list) else None) for p, v in inputs.items()]
+        flat = [t for v in inputs.values() for t in (v if isinstance(v, list) else [v])]
+        try:
+            _export(_OneNode(step.node, layout), tuple(flat), io.BytesIO(), opset,
+                    [f"in{i}" for i in range(len(flat))], [], {})
+        except Exception as exc:  # noqa: BLE001 - this is what we are looking for
+            raise _Located(f"node '{step.name}' ({type(step.node).__name__}): {type(exc).__name__}: {exc}") from exc
+
+    try:
+        with torch.no_grad():
+            module.session.executor.run({INPUT_NAME: cube}, on_step=export_alone, keep=())
+    except _Located as found:
+        return str(found)
     return None
 
 
@@ -220,9 +223,10 @@ def check_onnx(graph: Graph, path: str | os.PathLike, *, n_channels: int | None 
     max_abs = max_rel = 0.0
     per_output: dict[str, tuple[float, float]] = {}
     nonfinite: dict[str, str] = {}
+    eager_session = InferenceSession(graph, DataSpec(n_channels=c, batch_keys=frozenset({INPUT_NAME})))
     for b, h, w in shapes:
         cube = torch.rand(b, h, w, c, generator=generator)
-        eager = graph.predict(cube)
+        eager = eager_session.predict({INPUT_NAME: cube})
         try:
             got = session.run(None, {INPUT_NAME: cube.numpy()})
         except Exception as exc:  # noqa: BLE001
@@ -305,9 +309,7 @@ def export_onnx_report(graph: Graph, path: str | os.PathLike, *, n_channels: int
     report: ParityReport | None = None
     c = _n_channels(graph, n_channels)
     module = InferenceModule(graph, c)
-    module.eval()
-    device = next((t.device for t in list(module.parameters()) + list(module.buffers())), torch.device("cpu"))
-    example = torch.rand(2, 16, 16, c, generator=torch.Generator().manual_seed(0)).to(device)
+    example = torch.rand(2, 16, 16, c, generator=torch.Generator().manual_seed(0)).to(module.session.device)
     names = module.output_names()
     ranks = {n: len(next(iter(module.plan.output_dims[s].values()))) for n, s in zip(names, module.sinks,
                                                                                      strict=True)}
@@ -318,13 +320,15 @@ def export_onnx_report(graph: Graph, path: str | os.PathLike, *, n_channels: int
     os.close(fd)
     tmp = Path(name)
     try:
-        try:
-            with torch.no_grad():
-                _export(module, (example,), str(tmp), opset, [INPUT_NAME], names, axes)
-        except Exception as exc:  # noqa: BLE001 - explained below, naming the node when possible
-            where = _locate_failure(module, example, opset)
-            detail = where or f"{type(exc).__name__}: {exc}"
-            raise ExportError(f"graph '{graph.name}' cannot be exported to ONNX (opset {opset}): {detail}") from exc
+        with module.session.evaluating():  # every node's train/eval mode is put back afterwards
+            try:
+                with torch.no_grad():
+                    _export(module, (example,), str(tmp), opset, [INPUT_NAME], names, axes)
+            except Exception as exc:  # noqa: BLE001 - explained below, naming the node when possible
+                where = _locate_failure(module, example, opset)
+                detail = where or f"{type(exc).__name__}: {exc}"
+                raise ExportError(f"graph '{graph.name}' cannot be exported to ONNX (opset {opset}): "
+                                  f"{detail}") from exc
         if check:
             report = check_onnx(graph, tmp, n_channels=c, rtol=rtol)
             if report.nonfinite:

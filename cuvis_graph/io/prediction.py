@@ -42,7 +42,7 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,13 +50,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from cuvis_graph.core.plan import DataSpec
+from cuvis_graph.core.inference import InferenceSession
+from cuvis_graph.core.plan import DataSpec, Plan
 from cuvis_graph.errors import CuvisGraphError, did_you_mean
 from cuvis_graph.io.output_paths import (
     refuse_inside_model,
     refuse_link,
     replace_dir,
     temporary_sibling,
+)
+from cuvis_graph.io.prediction_inputs import (
+    cubes_in_subfolders,
+    expand_inputs,
+    expand_named,
+    output_names,
 )
 from cuvis_graph.io.render import DetectionFigure, rgb_band_indices
 from cuvis_graph.io.render import (
@@ -143,17 +150,19 @@ def _is_decider(node: Any, port: str) -> bool:
     return bool(getattr(node, "is_decider", False)) or port == "decisions"
 
 
-def score_outputs(graph: Graph, n_channels: int | None = None, output: str | None = None
-                  ) -> tuple[tuple[str, str], tuple[str, str] | None]:
-    """``((score node, port), (decider node, port) or None)`` of ``graph``'s inference plan.
+def score_outputs(graph: Graph, n_channels: int | None = None, output: str | None = None,
+                  plan: Plan | None = None) -> tuple[tuple[str, str], tuple[str, str] | None]:
+    """``((score node, port), (decider node, port) or None)`` of ``graph``'s inference plan
+    (``plan``, e.g. an :class:`InferenceSession`'s; default: compiled for ``n_channels``).
 
     ``output`` (``"name"`` or ``"name.port"``) chooses the score output explicitly.
     Raises :class:`CuvisGraphError` when the graph has no per-pixel ``[B,H,W,1]`` output.
     """
     from cuvis_graph.core.compiler import compile_graph
 
-    plan = compile_graph(graph, DataSpec(n_channels=n_channels, batch_keys=frozenset({"cube"})),
-                         with_leaves=False)
+    if plan is None:
+        plan = compile_graph(graph, DataSpec(n_channels=n_channels, batch_keys=frozenset({"cube"})),
+                             with_leaves=False)
     pixelwise = [(s.name, port) for s in plan.steps if not s.node.provides_labels
                  for port, dims in plan.output_dims.get(s.name, {}).items() if len(dims) == 4 and dims[-1] == 1]
     deciders = [(n, p) for n, p in pixelwise if _is_decider(plan.step(n).node, p)]
@@ -182,94 +191,18 @@ def score_outputs(graph: Graph, n_channels: int | None = None, output: str | Non
     return scores[-1], decider
 
 
-# -- inputs ---------------------------------------------------------------------------------------
-def expand_inputs(inputs: Iterable[str | os.PathLike], recursive: bool = False) -> list[tuple[Path, str | None]]:
-    """``[(file, error or None)]``: files as given, folders expanded with ``list_cubes``
-    (``recursive``: with the cube files of their sub-folders)."""
-    return [(path, problem) for path, problem, _ in _expand(inputs, recursive)]
-
-
-def _expand(inputs: Iterable[str | os.PathLike], recursive: bool) -> list[tuple[Path, str | None, Path]]:
-    """:func:`expand_inputs` with each file's name below its folder input (``sub/b.npy``;
-    the file name for a file given)."""
-    from cuvis_graph.data.readers import list_cubes
-
-    out: list[tuple[Path, str | None, Path]] = []
-    for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            found = list_cubes(path, recursive=recursive)
-            if not found:
-                out.append((path, f"{path}: folder holds no cube files", Path(path.name)))
-            out += [(p, None, p.relative_to(path)) for p in found]
-        elif not path.exists():
-            out.append((path, f"{path}: no such file or folder", Path(path.name)))
-        else:
-            out.append((path, None, Path(path.name)))
-    return out
-
-
-def cubes_in_subfolders(inputs: Iterable[str | os.PathLike]) -> int:
-    """How many cube files lie in sub-folders of the folder ``inputs`` (what ``recursive`` adds)."""
-    from cuvis_graph.data.readers import list_cubes
-
-    folders = [Path(item).expanduser() for item in inputs if Path(item).expanduser().is_dir()]
-    return sum(len(list_cubes(f, recursive=True)) - len(list_cubes(f)) for f in folders)
-
-
-def _output_names(paths: Sequence[Path]) -> list[str]:
-    """A unique output folder name per input (a name below its folder input, see :func:`_expand`):
-    its sub-folders, then the stem, ``<stem>_<suffix>`` or ``_<n>`` (``sub/b``); one name is never
-    a folder above another's results."""
-    names: list[str] = []
-    taken: set[str] = set()
-    above: set[str] = set()  # folders that hold results below them
-
-    def free(name: str) -> bool:
-        parents = name.split("/")[:-1]
-        return name not in taken | above and not any("/".join(parents[:i]) in taken
-                                                      for i in range(1, len(parents) + 1))
-
-    for path in paths:
-        folder = "".join(f"{part}/" for part in Path(path).parent.parts if part not in ("", "."))
-        stem = path.name[: -len(path.suffix)] if path.suffix else path.name
-        candidate = folder + (stem or "cube")
-        if not free(candidate):
-            candidate = f"{folder}{stem}_{path.suffix.lstrip('.')}" if path.suffix else candidate
-        k = 1
-        base = candidate
-        while not free(candidate):
-            candidate = f"{base}_{k}"
-            k += 1
-        taken.add(candidate)
-        above.update("/".join(candidate.split("/")[:i]) for i in range(1, candidate.count("/") + 1))
-        names.append(candidate)
-    return names
-
-
 # -- running ------------------------------------------------------------------------------------
-def run_graph(graph: Graph, cube: np.ndarray | torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
-    """Every node's outputs on one cube ``[H, W, C]`` (batch of one; same executor and
-    dtype handling as :meth:`Graph.predict`)."""
-    from cuvis_graph.core.compiler import compile_graph
-    from cuvis_graph.core.executor import Executor
-    from cuvis_graph.core.fitting import move_batch
-
+def run_graph(graph: Graph, cube: np.ndarray | torch.Tensor, session: InferenceSession | None = None,
+              keep: Collection[str] | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """Every node's outputs (those of ``keep`` when given) on one cube ``[H, W, C]``, run as a
+    batch of one by ``session`` (default: a new :class:`InferenceSession` for this cube)."""
     if isinstance(cube, torch.Tensor):
         tensor = cube
     else:
         array = np.asarray(cube)
         tensor = torch.from_numpy(array if array.flags.writeable else array.copy())  # read-only memory maps
     batch = {"cube": tensor[None].float()}
-    plan = compile_graph(graph, DataSpec(n_channels=int(tensor.shape[-1]), batch_keys=frozenset(batch)),
-                         with_leaves=False)
-    device = next((t.device for s in plan.steps for t in list(s.node.parameters()) + list(s.node.buffers())),
-                  torch.device("cpu"))
-    batch = move_batch(batch, device)
-    for step in plan.steps:
-        step.node.eval()
-    with torch.no_grad():
-        return Executor(plan).run(batch)
+    return (session or InferenceSession.for_batch(graph, batch)).run(batch, keep=keep)
 
 
 def _finite_stats(scores: np.ndarray) -> tuple[float, float, float, float]:
@@ -398,7 +331,11 @@ def predict_files(graph: Graph, inputs: Sequence[str | os.PathLike], out_dir: st
     out = Path(out_dir).expanduser().absolute()
     _check_out_dir(out)
     n_model = infer_n_channels(graph)
-    (score_node, score_port), decider = score_outputs(graph, n_model, output)
+    sessions: dict[int, InferenceSession] = {}  # one per channel count (one when the model knows C)
+    if n_model is not None:
+        sessions[n_model] = InferenceSession(graph, DataSpec(n_channels=n_model))
+    (score_node, score_port), decider = score_outputs(graph, n_model, output,
+                                                      sessions[n_model].plan if sessions else None)
     if decider is not None:
         mask_source = f"decider '{decider[0]}'"
     elif threshold is not None:
@@ -407,19 +344,19 @@ def predict_files(graph: Graph, inputs: Sequence[str | os.PathLike], out_dir: st
         mask_source = f"scores > per-image {quantile:g} quantile"
     spec = graph.data_spec
     model_wl = spec.wavelengths if spec is not None else None
-    entries = _expand(inputs, recursive)
+    entries = expand_named(inputs, recursive)
     files = [(path, problem) for path, problem, _ in entries]
     inside = next((p for p, _ in files if Path(os.path.abspath(p)).is_relative_to(out)), None)
     if inside is not None:
         raise CuvisGraphError(f"out folder {out}: holds the input {inside}, which replacing the folder would "
                               "delete; move the input or choose another --out")
-    names = _output_names([name for _, _, name in entries])
+    names = output_names([name for _, _, name in entries])
     results: list[FileResult] = []
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = temporary_sibling(out)
     staging.mkdir()
     try:
-        _predict_each(graph, files, names, results, staging, out, progress, overlay, read_options,
+        _predict_each(graph, sessions, files, names, results, staging, out, progress, overlay, read_options,
                       (score_node, score_port), decider, threshold, quantile, model_wl)
         summary = out / "summary.csv"
         _write_summary(staging / summary.name, results)  # last: the folder is complete
@@ -432,12 +369,14 @@ def predict_files(graph: Graph, inputs: Sequence[str | os.PathLike], out_dir: st
                              not_taken=0 if recursive else cubes_in_subfolders(inputs))
 
 
-def _predict_each(graph: Graph, files: Sequence[tuple[Path, str | None]], names: Sequence[str],
+def _predict_each(graph: Graph, sessions: dict[int, InferenceSession], files: Sequence[tuple[Path, str | None]],
+                  names: Sequence[str],
                   results: list[FileResult], staging: Path, out: Path, progress: bool, overlay: bool,
                   read_options: Mapping[str, Any] | None,
                   score: tuple[str, str], decider: tuple[str, str] | None, threshold: float | None,
                   quantile: float, model_wl: Sequence[float] | None) -> None:
-    """Score every file into ``staging/<name>/``; ``results`` gets one row per file."""
+    """Score every file into ``staging/<name>/``; ``results`` gets one row per file.
+    ``sessions``: inference sessions by channel count, added to for a new count."""
     from tqdm import tqdm
 
     from cuvis_graph.data.readers import read_cube
@@ -458,8 +397,12 @@ def _predict_each(graph: Graph, files: Sequence[tuple[Path, str | None]], names:
             check_wavelengths(cube.wavelengths, model_wl, str(path))
             data = np.asarray(cube.data, dtype=np.float32)
             check_finite_cube(data, str(path))
+            wanted = {score_node} | ({decider[0]} if decider is not None else set())
             try:
-                outputs = run_graph(graph, data)
+                n = int(data.shape[-1])
+                if n not in sessions:
+                    sessions[n] = InferenceSession(graph, DataSpec(n_channels=n))
+                outputs = run_graph(graph, data, sessions[n], keep=wanted)
             except Exception as exc:  # noqa: BLE001 - reported per file
                 raise CuvisGraphError(f"{path}: the graph failed: {type(exc).__name__}: {exc}") from exc
             scores = outputs[score_node][score_port][0].detach().float().cpu().numpy()

@@ -39,6 +39,7 @@ from torch import nn
 
 from cuvis_graph.core.executor import Executor
 from cuvis_graph.core.fitting import move_batch
+from cuvis_graph.core.inference import sink_outputs
 from cuvis_graph.core.leaves import LossNode, MetricNode, VisualizationNode
 from cuvis_graph.core.plan import Plan
 from cuvis_graph.errors import ConfigError, CuvisGraphError
@@ -281,8 +282,7 @@ class GraphModule(pl.LightningModule):
         self._update_metrics(batch, outputs, "test")
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int = 0) -> dict[str, torch.Tensor]:
-        outputs = self.executor.run(batch)
-        return {name: next(iter(outputs[name].values())) for name in self.plan.sinks()}
+        return sink_outputs(self.plan, self.executor.run(batch, keep=self.plan.sinks()))
 
     def on_fit_start(self) -> None:
         # Lightning >= 2.2 keeps each module's mode; nodes left in eval mode by an earlier
