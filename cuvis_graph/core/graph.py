@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 
@@ -23,7 +21,11 @@ from cuvis_graph.errors import CuvisGraphError, Problem
 from cuvis_graph.io.runs import Run, RunSession, open_run, pipeline_summary
 from cuvis_graph.train.config import TrainingConfig, parse_config
 from cuvis_graph.train.distributed import RESUME_CKPT_ENV, RESUMING_ENV, RUN_DIR_ENV, worker_rank
+from cuvis_graph.train.quiet import quiet_lightning
 from cuvis_graph.train.results import TrainResult
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
 
 __all__ = ["Graph", "ParentRef"]
 
@@ -233,18 +235,20 @@ class Graph:
         config = parse_config(TrainingConfig, config)
         # graph and stage problems together, before any data or run directory
         compile_graph(self, None, for_training=config.trains, stages=config.stages)
-        quiet_lightning()
         if run_dir is False:
-            return train_graph(self, datamodule, config, callbacks, refit, None)
+            with quiet_lightning():
+                return train_graph(self, datamodule, config, callbacks, refit, None)
         joined = os.environ.get(RUN_DIR_ENV) or run_dir
         if worker_rank() > 0 and joined:  # a DDP rank > 0: rank 0 owns the run directory
             ckpt = os.environ.get(RESUME_CKPT_ENV)
             worker = Run(Path(joined), self.name, resume_checkpoint=Path(ckpt) if ckpt else None,
                          resuming=os.environ.get(RESUMING_ENV) == "1")
-            return train_graph(self, datamodule, config, callbacks, refit, None, worker_run=worker)
+            with quiet_lightning():
+                return train_graph(self, datamodule, config, callbacks, refit, None, worker_run=worker)
         run = open_run(self.name, root=runs_root or config.run.root, run_dir=run_dir, resume=resume)
         # the session checks a resume against the run's recorded config, then writes config.yaml
-        with RunSession(run, config.model_dump(mode="json"), pipeline_spec or pipeline_summary(self)) as session:
+        with RunSession(run, config.model_dump(mode="json"), pipeline_spec or pipeline_summary(self)) as session, \
+                quiet_lightning():
             return train_graph(self, datamodule, config, callbacks, refit, session)
 
     def test(self, datamodule: Any, split: Literal["auto", "test", "val"] = "auto", *, accelerator: str = "auto",
@@ -256,8 +260,8 @@ class Graph:
         """
         from cuvis_graph.train.training import evaluate_graph
 
-        quiet_lightning()
-        return evaluate_graph(self, datamodule, split, accelerator=accelerator, precision=precision)
+        with quiet_lightning():
+            return evaluate_graph(self, datamodule, split, accelerator=accelerator, precision=precision)
 
     # -- save / load / export (see cuvis_graph.io.saving, cuvis_graph.io.export) ---------------------
     def save(self, path: str | os.PathLike) -> Any:
@@ -305,21 +309,6 @@ class Graph:
         if isinstance(result, torch.Tensor):
             return result[0] if single else result
         return {n: (t[0] if single else t) for n, t in result.items()}
-
-
-def quiet_lightning() -> None:
-    """Silence Lightning notices that say nothing about the user's pipeline."""
-    os.environ.setdefault("POSSIBLE_USER_WARNINGS", "off")
-    for pattern in (".*does not have many workers.*", ".*overridden `transfer_batch_to_device`.*",
-                    ".*smaller than the logging interval.*", ".*LeafSpec.*is deprecated.*",
-                    ".*GPU available but not used.*", ".*`training_step` returned `None`.*",
-                    ".*module\\(s\\) in eval mode at the start of training.*",
-                    ".*when logging on epoch level in distributed setting.*",
-                    ".*configure_optimizers` returned `None`.*"):  # statistics-only fits (e.g. under DDP)
-        warnings.filterwarnings("ignore", message=pattern)
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
-                 "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _data_spec(datamodule: Any) -> DataSpec | None:

@@ -23,7 +23,6 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -144,8 +143,13 @@ def collate_cubes(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
     return batch
 
 
-class GraphDataModule(pl.LightningDataModule):
+class GraphDataModule:
     """Base datamodule: subclasses fill ``train_set``/``val_set``/``test_set`` in ``setup``.
+
+    It declares its data (:meth:`data_spec`) and serves loaders with the hooks of a
+    LightningDataModule (``prepare_data``, ``setup``, ``*_dataloader``, ``teardown``) without
+    importing Lightning, so a pipeline validates without it; training hands Lightning
+    :meth:`to_lightning`, a ``LightningDataModule`` that forwards to this object.
 
     Attributes:
         n_channels: declared channel count C (``None`` if unknown before reading).
@@ -188,6 +192,21 @@ class GraphDataModule(pl.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+
+    def prepare_data(self) -> None:
+        """Download or write once per node (nothing by default)."""
+
+    def setup(self, stage: str | None = None) -> None:
+        """Create the datasets for ``stage`` (``"fit"``, ``"validate"``, ``"test"``, ``"predict"``)."""
+
+    def teardown(self, stage: str | None = None) -> None:
+        """Release what ``setup`` created (nothing by default)."""
+
+    def to_lightning(self) -> Any:
+        """This datamodule as a ``lightning.pytorch.LightningDataModule`` (imports Lightning)."""
+        from cuvis_graph.train.lightning_data import as_lightning_datamodule
+
+        return as_lightning_datamodule(self)
 
     def data_spec(self) -> DataSpec:
         if self.n_channels is None:

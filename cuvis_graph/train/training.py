@@ -71,6 +71,7 @@ from cuvis_graph.train.distributed import (
     worker_rank,
 )
 from cuvis_graph.train.lightning import GraphModule
+from cuvis_graph.train.lightning_data import as_lightning_datamodule
 from cuvis_graph.train.results import TrainResult
 from cuvis_graph.train.stage_state import StageState
 
@@ -132,6 +133,7 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
         else StageState(run.path if run is not None else None, stage_names)
     if not writes:
         state.path = None  # DDP ranks > 0 read the state, never write it
+    datamodule = as_lightning_datamodule(datamodule)
     pl.seed_everything(config.seed, workers=True, verbose=False)
     if hasattr(datamodule, "prepare_data"):
         datamodule.prepare_data()
@@ -299,6 +301,7 @@ def evaluate_graph(graph: Graph, datamodule: Any, split: str = "auto", *, accele
     end of training computes them: ``split`` ``"test"``, ``"val"``, or ``"auto"`` (the test
     split when there is one, else the validation split). Keys ``<split>/<leaf>/<metric>``,
     ``<split>/loss``..."""
+    datamodule = as_lightning_datamodule(datamodule)
     if hasattr(datamodule, "prepare_data"):
         datamodule.prepare_data()
     if hasattr(datamodule, "setup"):

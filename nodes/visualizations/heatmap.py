@@ -6,8 +6,6 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.lines import Line2D
 
 from cuvis_graph.core.leaves import VisualizationNode
 from cuvis_graph.core.registry import register
@@ -108,6 +106,9 @@ class AnomalyHeatmap(VisualizationNode):
 
     def _figure(self, s: np.ndarray, cube: np.ndarray | None, gt: np.ndarray | None,
                 batch: Mapping[str, Any], index: int) -> Figure:
+        from matplotlib import colormaps
+        from matplotlib.lines import Line2D
+
         fig = new_figure(self.figsize)
         ax_scores, ax_overlay, ax_mask = fig.subplots(1, 3)
         finite = np.isfinite(s)
