@@ -81,7 +81,7 @@ def test_runs_lists_every_run_newest_first_with_the_truth(tmp_path: Path, capsys
 
 
 def test_printed_metrics_put_threshold_free_ones_first_and_say_undefined() -> None:
-    from cuvis_graph.cli.app import _format_metrics
+    from cuvis_graph.cli.output import format_metrics as _format_metrics
 
     text = _format_metrics({"val/detection/f1": 0.5, "val/detection/auroc": 0.9, "val/loss": 1.0,
                             "val/detection/average_precision": None, "test/detection/auroc": 0.8})
@@ -115,7 +115,7 @@ def test_the_best_sweep_job_follows_each_runs_monitor_mode(tmp_path: Path) -> No
 
 def test_train_says_where_the_artifacts_are(tmp_path: Path) -> None:
     from cuvis_graph import Graph
-    from cuvis_graph.cli.app import _artifact_lines
+    from cuvis_graph.cli.output import artifact_lines as _artifact_lines
     from cuvis_graph.monitors import TensorBoardMonitor
 
     graph = Graph("g")

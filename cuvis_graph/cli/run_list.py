@@ -8,15 +8,18 @@ cannot be read is listed with status ``unreadable`` and the reason, never skippe
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cuvis_graph.cli.output import out
 from cuvis_graph.errors import CuvisGraphError
 
-__all__ = ["RunRow", "find_run_records", "run_rows", "format_runs", "KEY_METRIC_ORDER"]
+__all__ = ["cmd_runs", "RunRow", "find_run_records", "run_rows", "format_runs", "KEY_METRIC_ORDER"]
 
 #: Metric name endings in the order they are shown.
 KEY_METRIC_ORDER = ("auroc", "average_precision", "f1", "val/loss", "train/loss")
@@ -122,3 +125,18 @@ def format_runs(rows: list[RunRow], root: str | os.PathLike) -> str:
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
                      for row in table)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """``runs [DIR]``: the runs under DIR, newest first; ``--watch`` refreshes while one is running."""
+    import time
+
+    while True:
+        rows = run_rows(args.folder)
+        if args.watch and sys.stdout.isatty():
+            print("\033[2J\033[H", end="")  # clear the terminal between refreshes
+        out(format_runs(rows, args.folder))
+        if not args.watch or not any(r.status == "running" for r in rows):
+            return 0
+        time.sleep(args.interval)
+        out()
