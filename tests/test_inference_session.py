@@ -117,6 +117,11 @@ def test_a_raising_node_is_named_with_its_input_shapes() -> None:
     assert "node 'broken' (Raising)" in message and "x float32 [1, 6, 5, 4]" in message
     assert isinstance(info.value.__cause__, RuntimeError) and str(info.value.__cause__) == "boom"
 
+    graph = Graph("bad")
+    graph.add_node(Raising(KeyError("band")), parent="batch.cube", name="lookup")
+    with pytest.raises(KeyError, match=r"'band' \(in node 'lookup' \(Raising\), inputs: x float32 \[1, 6, 5, 4\]\)"):
+        graph.predict(cube)
+
     # a type that cannot be rebuilt from one message: a NodeError naming the original type
     unicode_error = UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
     graph = Graph("bad")

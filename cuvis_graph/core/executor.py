@@ -56,7 +56,7 @@ def _in_context(exc: Exception, step: Step, inputs: Mapping[str, Any]) -> Except
     message = f"{exc} ({where})" if str(exc) else where
     try:
         placed = type(exc)(message)
-        rebuilt = str(placed) == message
+        rebuilt = message in str(placed)  # KeyError quotes its message
     except Exception:  # noqa: BLE001 - a type whose constructor wants more than a message
         rebuilt = False
     if not rebuilt:

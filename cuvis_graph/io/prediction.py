@@ -12,7 +12,10 @@ or folders) with :func:`cuvis_graph.data.read_cube`, runs the graph on it and wr
 
 A folder input gives its cube files; those of its sub-folders only with ``recursive=True``
 (``cuvis-graph predict --recursive``), their results under ``<out>/<sub-folder>/<stem>/``
-(without it they are counted, and the CLI says how many were not taken).
+(without it they are counted, and the CLI says how many were not taken); see
+:mod:`cuvis_graph.io.prediction_inputs`. Every file is run by one
+:class:`~cuvis_graph.core.inference.InferenceSession` per channel count (one compile when the
+model knows its C).
 
 Which output is the score: the last node (topological order) whose output is per-pixel
 ``[B, H, W, 1]`` and that is not a decider; a decider is a node whose output port is named
