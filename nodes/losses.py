@@ -229,6 +229,8 @@ class WeightedMultiLoss(ParentBound, LossNode):
         self.losses = nn.ModuleDict(items)
         if weights is None:
             self.component_weights = {n: c.weight for n, c in items}
+        elif isinstance(weights, Mapping) and not items:  # weights of children added later
+            self.component_weights = {str(k): float(v) for k, v in weights.items()}
         elif isinstance(weights, Mapping):
             unknown = set(weights) - set(names)
             if unknown:

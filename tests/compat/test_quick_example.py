@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cuvis_graph.nodes import ExplainedVarianceMetric, OrthogonalityLoss, TrainablePCA
 
 from cuvis_graph import Graph, TrainerConfig, TrainingConfig
 from cuvis_graph.monitors import DummyMonitor
-from cuvis_graph.nodes import ExplainedVarianceMetric, OrthogonalityLoss, TrainablePCA
 
 
 def test_trainable_pca_snippet_trains_and_logs(datamodule):
