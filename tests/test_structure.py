@@ -196,3 +196,25 @@ def test_train_reports_graph_and_stage_problems_in_one_compile_error(tmp_path):
     ]
     assert str(err.value).startswith("graph 'selector_rx': 4 problems found")
     assert not any(tmp_path.iterdir())  # nothing written before the checks
+
+
+def test_resume_check_reads_the_python_record_as_every_parameter(tmp_path):
+    """A parameter on one side only of a graph trained from Python is a field a newer version
+    added (its record lists every parameter); in a pipeline file's record it is a change."""
+    from types import SimpleNamespace
+
+    from cuvis_graph.io.runs import ResumeError, check_continuation
+
+    graph, _, _ = selector_graph()
+    training = TrainingConfig().model_dump(mode="json")
+    summary = pipeline_summary(graph)
+    recorded = yaml.safe_load(yaml.safe_dump(summary))
+    del recorded["nodes"]["rx"]["params"]["eps"]
+    run = SimpleNamespace(path=tmp_path, resuming=True, record={"status": "running"})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"pipeline": recorded, "training": training}))
+    check_continuation(run, training, summary)  # continues
+    from_file = {**summary, "training": training}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"pipeline": {**recorded, "training": training},
+                                                          "training": training}))
+    with pytest.raises(ResumeError, match=r"nodes.rx.params.eps: '\(absent\)' -> "):
+        check_continuation(run, training, from_file)
