@@ -206,6 +206,9 @@ class MetricNode(LeafNode):
         ``compute_metric(parent_output, labels=..., metadata=...)``."""
         self._protocol()
         output, batch, _, _ = self._call_inputs("compute_metric", args, kwargs)
+        if getattr(self, "needs_labels", False) and TARGET_KEY not in batch:
+            raise ValueError(f"{type(self).__name__} '{self.name}': labels are required; pass labels=... or a "
+                             f"batch with '{self.label_source or 'mask'}'")
         state = self.create_metrics()
         self.update_metrics(state, output, batch)
         return self.compute_metrics(state)

@@ -142,6 +142,8 @@ def test_compute_metric_on_every_metric_leaf(fitted_pca):
     scores, labels = torch.tensor([[[1.0, -1.0], [2.0, -2.0]]]), torch.tensor([[[1, 0], [0, 0]]])
     got = detection.compute_metric((scores, labels, None))
     assert got["precision"] == 0.5 and got["recall"] == 1.0
+    with pytest.raises(ValueError, match="labels are required"):
+        detection.compute_metric(scores, labels=None)
     loss = OrthogonalityLoss(weight=1.0)
     loss.bind_parent(pca)
     assert float(loss.compute_loss(pca(cubes)).detach()) == pytest.approx(expected ** 2, abs=1e-10)
