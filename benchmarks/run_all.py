@@ -1,4 +1,4 @@
-"""Run every benchmark (P1-P6; REF, the reference workload; ABU, transfer across real scenes), each in its own subprocess, and print one summary table.
+"""Run every benchmark (P1-P6; REF, the reference workload; ABU, transfer across real scenes; STARTUP, command start-up vs `import torch`), each in its own subprocess, and print one summary table.
 
 Usage: ``python benchmarks/run_all.py [--device cpu|cuda] [--quick] [--threads N]
 [--only P1,P3]``. ``make bench`` runs it with the defaults. Exit status 1 when a benchmark
@@ -25,6 +25,7 @@ SCRIPTS = {
     "P6": "p6_rx_pca.py",
     "REF": "reference_workload.py",
     "ABU": "abu_transfer.py",
+    "STARTUP": "startup.py",
 }
 RESULT_PREFIX = "RESULT "
 

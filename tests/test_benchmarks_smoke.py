@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,16 @@ def test_abu_transfer_quick() -> None:
     table = [line for line in proc.stdout.splitlines() if line.startswith("beach-")]
     assert len(table) == 6, proc.stdout  # 2 directions x (trained, RX fitted on self, RX fitted on train)
     assert sum(line.startswith("RESULT ") for line in proc.stdout.splitlines()) == 6
+
+
+@pytest.mark.slow
+def test_startup_quick() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "startup.py"), "--quick"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = [json.loads(line.removeprefix("RESULT ")) for line in proc.stdout.splitlines()
+               if line.startswith("RESULT ")]
+    whats = [r["what"] for r in results]
+    assert whats[:2] == ["--help / import torch", "validate / import torch"], whats
+    lightning_checks = [r for r in results if r["what"].startswith("lightning not loaded by")]
+    assert len(lightning_checks) == 3 and all(r["met"] for r in lightning_checks), lightning_checks

@@ -13,7 +13,6 @@ import yaml
 from cuvis_graph.cli.output import artifact_lines, format_metrics, out
 from cuvis_graph.cli.pipeline_commands import load_pipeline_args
 from cuvis_graph.errors import CuvisGraphError
-from cuvis_graph.train.distributed import RUN_DIR_ENV, worker_rank
 
 __all__ = ["cmd_train"]
 
@@ -123,6 +122,7 @@ def _as_started(args: argparse.Namespace, overrides: list[str], pipeline: Any) -
 
 def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) -> tuple[Path, dict[str, float]]:
     from cuvis_graph.io.runs import atomic_write_text, open_run
+    from cuvis_graph.train.distributed import RUN_DIR_ENV, worker_rank
 
     spec = dict(pipeline.config)
     if overrides:
