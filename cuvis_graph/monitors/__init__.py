@@ -11,12 +11,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from cuvis_graph.monitors.file import DummyMonitor, FileMonitor
+from cuvis_graph.monitors.log_monitor import LoggingMonitor
 from cuvis_graph.monitors.tensorboard import TensorBoardMonitor
 from cuvis_graph.monitors.wandb import WandBMonitor
 
 _LAZY = {"MonitorHub": "cuvis_graph.monitors.hub", "MonitorLogger": "cuvis_graph.monitors.hub"}
 
-__all__ = ["FileMonitor", "DummyMonitor", "MonitorHub", "MonitorLogger", "TensorBoardMonitor", "WandBMonitor"]
+__all__ = ["FileMonitor", "DummyMonitor", "LoggingMonitor", "MonitorHub", "MonitorLogger", "TensorBoardMonitor", "WandBMonitor"]
 
 
 def __getattr__(name: str) -> Any:
