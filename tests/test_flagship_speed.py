@@ -18,7 +18,12 @@ from cuvis_graph.nodes import (
 )
 
 from cuvis_graph import Graph
-from cuvis_graph.core.statistics import BLOCK_ROWS, MinMaxAccumulator, MomentAccumulator
+from cuvis_graph.core.statistics import (
+    MINMAX_FLAT_VALUES,
+    MINMAX_TILE_VALUES,
+    MinMaxAccumulator,
+    MomentAccumulator,
+)
 from cuvis_graph.data import GraphDataModule
 
 FIT = {"trainer": {"max_epochs": 0, "enable_progress_bar": False}}
@@ -167,8 +172,9 @@ def test_minmax_blocks_equal_numpy(dim: int) -> None:
     """Min/max over several blocks (narrow rows get ~1M-value blocks) equal numpy exactly,
     with and without row weights, and under an affine map (negative scales swap)."""
     rng = np.random.default_rng(dim)
-    n = 3 * BLOCK_ROWS * max(1, 128 // dim) + 17
+    n = 3 * (MINMAX_FLAT_VALUES if dim == 1 else max(1, MINMAX_TILE_VALUES // dim)) + 17
     x = rng.normal(size=(n, dim)).astype(np.float32)
+    x[-1], x[-5] = 7.0, -7.0  # the extremes in the last, shorter chunk
     acc = MinMaxAccumulator(dim)
     acc.update(torch.from_numpy(x))
     np.testing.assert_array_equal(acc.min.numpy(), x.min(0).astype(np.float64))

@@ -57,13 +57,32 @@ def data_and_splits(draw):
 def test_streaming_moments_match_numpy_for_any_split(case, block_rows):
     x, cuts = case
     # small blocks exercise the blocked scatter update inside one batch, too
-    with mock.patch.object(statistics, "BLOCK_ROWS", block_rows, create=True):
+    with mock.patch.multiple(statistics, BLOCK_VALUES=block_rows * x.shape[1], DIAGONAL_BLOCK_VALUES=block_rows * x.shape[1]):
         acc = stream(x, cuts)
     assert acc.count == x.shape[0]
     assert rel_err(acc.mean, x.mean(axis=0)) <= 1e-10
     assert rel_err(acc.covariance(ddof=1), np_cov(x)) <= 1e-10
     assert rel_err(acc.variance(ddof=1), x.var(axis=0, ddof=1)) <= 1e-10
     assert acc.mean.dtype == torch.float64
+
+
+@pytest.mark.parametrize("dim", [31, 32, 33, 100])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_scatter_of_column_halves_matches_numpy(dim: int, dtype) -> None:
+    """From C = SPLIT_SCATTER_MIN_DIM on, CPU blocks update the scatter's upper blocks of the column
+    halves of ``[x - s | 1]`` (sum included) and mirror the lower one: mean, covariance and the
+    per-channel variance over several blocks (a shorter last one, two updates) equal numpy float64,
+    and the covariance is exactly symmetric."""
+    assert statistics.SPLIT_SCATTER_MIN_DIM == 32  # dims 31 / 32 straddle the switch
+    rows = 2 * (statistics.BLOCK_VALUES // dim) + 37
+    x = sample(rows, dim, seed=dim, scale=30.0, dtype=dtype)
+    acc = stream(x, cuts=[rows // 3])
+    reference = x.astype(np.float64)
+    assert rel_err(acc.mean, reference.mean(axis=0)) <= 1e-13
+    assert rel_err(acc.covariance(), np_cov(reference)) <= 1e-12
+    assert torch.equal(acc.covariance(), acc.covariance().T)
+    diagonal = stream(x, cuts=[rows // 3], full_covariance=False)
+    assert rel_err(diagonal.variance(), reference.var(axis=0, ddof=1)) <= 1e-12
 
 
 @settings(max_examples=60, deadline=None)

@@ -51,22 +51,28 @@ def distributed_ready() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-#: Rows per block on CPU (scatter update, min/max): a float64 block of C=100 channels is
-#: 6.5 MB, so the float32->float64 copy, the shift subtraction and the GEMM that follow read
-#: it from cache rather than memory. 16384 rows were ~20% slower, 4096 ~3% faster
-#: single-threaded but twice the parallel regions, which stall when cores are shared
-#: (see benchmarks/README.md, P1).
-BLOCK_ROWS = 8192
+#: Values per block on CPU (scatter update, diagonal moments): ``BLOCK_VALUES // C`` rows, e.g.
+#: 2048 rows at C = 100, a 1.6 MB float64 block that stays in a 2 MiB L2 cache while the
+#: float32->float64 copy, the shift subtraction, the sum and the GEMM read it in turn (8192 rows,
+#: 6.5 MB, spilled to L3 and were ~15 % slower; see benchmarks/README.md, P1).
+BLOCK_VALUES = 2048 * 100
+#: Values per block of the diagonal moments on CPU (element-wise work only: half a scatter block
+#: was ~10 % faster).
+DIAGONAL_BLOCK_VALUES = BLOCK_VALUES // 2
 #: Rows per block on accelerators: fewer, larger kernels.
 DEVICE_BLOCK_ROWS = 16384
 #: Rows of the first batch whose mean is the shift (independent of the block size).
 SHIFT_ROWS = 16384
-#: Min/max blocks hold ``BLOCK_ROWS * MINMAX_WIDTH`` values when rows are narrower than this.
-MINMAX_WIDTH = 128
+#: Per-channel min/max on CPU: values of the running ``[rows, C]`` tiles that chunks of the input are
+#: folded into element-wise (vectorised, cache-resident; one ``amin``/``amax`` over the tile at the end).
+MINMAX_TILE_VALUES = 65536
+#: One global min/max (``C = 1``): values per ``aminmax`` call.
+MINMAX_FLAT_VALUES = 1 << 20
 
 
-def _block_rows(device: torch.device) -> int:
-    return BLOCK_ROWS if device.type == "cpu" else max(BLOCK_ROWS, DEVICE_BLOCK_ROWS)
+def _block_rows(device: torch.device, dim: int, values: int) -> int:
+    """Rows per block of ``dim``-channel rows: ``values // dim`` on CPU, ``DEVICE_BLOCK_ROWS`` elsewhere."""
+    return max(1, values // dim) if device.type == "cpu" else DEVICE_BLOCK_ROWS
 
 
 def _as_rows(x: torch.Tensor, dim: int, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -77,6 +83,20 @@ def _as_rows(x: torch.Tensor, dim: int, weights: torch.Tensor | None = None) -> 
     if weights is not None:
         rows = rows[weights.detach().reshape(-1).to(rows.device) > 0]
     return rows
+
+
+#: Scatter GEMMs on CPU for ``C >= SPLIT_SCATTER_MIN_DIM`` columns: ``[G11 G12; . G22]`` on the
+#: two column halves (3/4 of the multiply-adds of one ``C x C`` GEMM; ~12 % faster at C = 100).
+SPLIT_SCATTER_MIN_DIM = 32
+
+
+def _scatter_blocks(dim: int, device: torch.device) -> list[tuple[slice, slice]]:
+    """``(rows, cols)`` slices of the scatter blocks a GEMM updates: the whole ``[C, C]`` matrix, or
+    on CPU (``C >= SPLIT_SCATTER_MIN_DIM``) the blocks ``11``, ``12``, ``22`` of the halves (``21 = 12^T``)."""
+    if device.type != "cpu" or dim < SPLIT_SCATTER_MIN_DIM:
+        return [(slice(None), slice(None))]
+    a, b = slice(0, dim // 2), slice(dim // 2, dim)
+    return [(a, a), (a, b), (b, b)]
 
 
 class Accumulator(ABC):
@@ -130,10 +150,38 @@ class MomentAccumulator(Accumulator):
         if self.shift is None:
             self.shift = rows[:SHIFT_ROWS].mean(dim=0, dtype=F64)
         self.n += rows.shape[0]
-        # Per block: copy into a float64 buffer (stays in cache), subtract the shift in place,
-        # then one GEMV for the sum and one GEMM for the scatter. (A fused mixed-dtype
-        # ``torch.sub(block, shift, out=buffer)`` is slower on CPU than copy_ + sub_.)
-        block_rows = _block_rows(rows.device)
+        if self.full_covariance:
+            self._add_scatter(rows, _block_rows(rows.device, self.dim, BLOCK_VALUES))
+        else:
+            self._add_squares(rows, _block_rows(rows.device, self.dim, DIAGONAL_BLOCK_VALUES))
+
+    def _add_scatter(self, rows: torch.Tensor, block_rows: int) -> None:
+        """``S += sum (x - s)``, ``M += sum (x - s)(x - s)^T`` over ``rows`` ``[N, C]``, block by block.
+
+        Each block is copied into a float64 buffer ``[c | 1]`` (stays in cache; its last column
+        is constant), the shift subtracted in place, and GEMMs of the buffer with itself give
+        ``[[M, S], [S^T, n]]``: the sum comes with the scatter. (A fused mixed-dtype
+        ``torch.sub(block, shift, out=buffer)`` is slower on CPU than copy_ + sub_.)
+        """
+        c = self.dim
+        augmented = torch.empty(min(block_rows, rows.shape[0]), c + 1, dtype=F64, device=rows.device)
+        augmented[:, c] = 1.0
+        gram = torch.zeros(c + 1, c + 1, dtype=F64, device=rows.device)
+        pairs = _scatter_blocks(c + 1, rows.device)
+        for block in rows.split(block_rows):
+            part = augmented[: block.shape[0]]
+            part[:, :c].copy_(block)
+            part[:, :c].sub_(self.shift)
+            for i, j in pairs:
+                gram[i, j].addmm_(part[:, i].T, part[:, j])
+        if len(pairs) > 1:  # the lower block mirrors the upper one
+            upper_rows, upper_cols = pairs[1]
+            gram[upper_cols, upper_rows] = gram[upper_rows, upper_cols].T
+        self.second += gram[:c, :c]
+        self.sum += gram[:c, c]
+
+    def _add_squares(self, rows: torch.Tensor, block_rows: int) -> None:
+        """``S += sum (x - s)`` and the diagonal ``M += sum (x - s)^2`` (per channel), block by block."""
         buffer = torch.empty(min(block_rows, rows.shape[0]), self.dim, dtype=F64, device=rows.device)
         ones = torch.ones(buffer.shape[0], dtype=F64, device=rows.device)
         for block in rows.split(block_rows):
@@ -141,10 +189,7 @@ class MomentAccumulator(Accumulator):
             centred.copy_(block)
             centred.sub_(self.shift)
             self.sum.addmv_(centred.T, ones[: block.shape[0]])
-            if self.full_covariance:
-                self.second.addmm_(centred.T, centred)
-            else:
-                self.second.addmv_(centred.mul_(centred).T, ones[: block.shape[0]])  # squares in place
+            self.second.addmv_(centred.mul_(centred).T, ones[: block.shape[0]])  # squares in place
 
     def _to(self, device: torch.device) -> None:
         if self.sum.device != device:
@@ -275,15 +320,7 @@ class MinMaxAccumulator(Accumulator):
         if self.min.device != rows.device:
             self.min, self.max = self.min.to(rows.device), self.max.to(rows.device)
         self.n += rows.shape[0]
-        # Exact in the input dtype. Per cache-sized block, amin then amax read the block from
-        # cache (2x faster than two passes over the whole batch); separate amin/amax are
-        # faster than aminmax over dim 0. Narrow rows (C < 128, e.g. one global min/max with
-        # C = 1) get proportionally more rows per block: ~1M values, not thousands of tiny blocks.
-        blocks = rows.split(_block_rows(rows.device) * max(1, MINMAX_WIDTH // self.dim))
-        lo, hi = blocks[0].amin(dim=0), blocks[0].amax(dim=0)
-        for block in blocks[1:]:
-            torch.minimum(lo, block.amin(dim=0), out=lo)
-            torch.maximum(hi, block.amax(dim=0), out=hi)
+        lo, hi = _column_min_max(rows)
         self.min = torch.minimum(self.min, lo.to(F64))
         self.max = torch.maximum(self.max, hi.to(F64))
 
@@ -314,3 +351,26 @@ class MinMaxAccumulator(Accumulator):
     @property
     def count(self) -> int:
         return self.n
+
+
+def _column_min_max(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-column ``(min, max)`` of ``rows`` ``[N, C]`` (N >= 1), exact, in the input dtype; one read.
+
+    CPU, ``C = 1``: ``aminmax`` over flat blocks of ``MINMAX_FLAT_VALUES``. CPU, ``C > 1``: chunks
+    of ``k = MINMAX_TILE_VALUES // C`` rows are folded element-wise into two ``[k, C]`` tiles
+    (``lo = minimum(lo, chunk)``), which stay in cache; the tiles are reduced over rows at the end.
+    Elsewhere: one ``aminmax(dim=0)`` kernel.
+    """
+    if rows.device.type != "cpu":
+        return torch.aminmax(rows, dim=0)
+    if rows.shape[1] == 1:
+        parts = [torch.aminmax(block) for block in rows.reshape(-1).split(MINMAX_FLAT_VALUES)]
+        lo, hi = torch.stack([p.min for p in parts]), torch.stack([p.max for p in parts])
+        return lo.amin().reshape(1), hi.amax().reshape(1)
+    k = max(1, MINMAX_TILE_VALUES // rows.shape[1])
+    lo, hi = rows[:k].clone(), rows[:k].clone()
+    for chunk in rows[k:].split(k):
+        m = chunk.shape[0]  # the last chunk may be shorter: it folds into the first m rows
+        torch.minimum(lo[:m], chunk, out=lo[:m])
+        torch.maximum(hi[:m], chunk, out=hi[:m])
+    return lo.amin(dim=0), hi.amax(dim=0)
