@@ -16,8 +16,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("lightning", "pytorch_lightning", "lightning_fabric", "tensorboard", "wandb", "matplotlib")
 
-#: a pipeline without a heatmap (whose colormap check reads matplotlib's registry)
 PIPELINE = ROOT / "pipelines" / "selector_rx_staged.yaml"
+#: a pipeline with an AnomalyHeatmap leaf (its colormap is checked without matplotlib)
+HEATMAP_PIPELINE = ROOT / "pipelines" / "selector_rx_bce.yaml"
 
 
 def _loaded_after(code: str) -> list[str]:
@@ -74,13 +75,35 @@ def test_building_and_validating_a_graph_loads_nothing_heavy() -> None:
     ("--help",),
     ("validate", "--help"),
     ("validate", str(PIPELINE)),
+    ("validate", str(HEATMAP_PIPELINE)),
     ("show", str(PIPELINE)),
+    ("show", str(HEATMAP_PIPELINE)),
     ("show", str(ROOT / "pipelines" / "pca_gradient.yaml"), "--format", "mermaid"),
     ("nodes",),
     ("nodes", "--markdown"),
-], ids=["help", "validate-help", "validate", "show", "show-mermaid", "nodes", "nodes-markdown"])
+], ids=["help", "validate-help", "validate", "validate-heatmap", "show", "show-heatmap", "show-mermaid", "nodes",
+        "nodes-markdown"])
 def test_commands_that_do_not_train_load_nothing_heavy(argv: tuple[str, ...]) -> None:
     assert _loaded_after(_cli(*argv)) == []
+
+
+def test_a_heatmap_with_a_builtin_colormap_is_built_without_matplotlib() -> None:
+    code = """
+        from cuvis_graph.nodes import AnomalyHeatmap
+        for cmap in ("inferno", "viridis_r", "gray", "twilight_shifted"):
+            assert AnomalyHeatmap(cmap=cmap).cmap == cmap
+    """
+    assert _loaded_after(code) == []
+
+
+def test_validating_the_heatmap_pipeline_generates_no_scene_and_imports_no_scipy() -> None:
+    code = f"""
+        import sys
+        from cuvis_graph.io.spec import load_pipeline
+        load_pipeline({str(HEATMAP_PIPELINE)!r})
+        assert not any(m.split(".")[0] == "scipy" for m in sys.modules)  # scenes are drawn with scipy
+    """
+    assert _loaded_after(code) == []
 
 
 def test_graph_datamodule_is_still_public_and_becomes_a_lightning_datamodule_for_training() -> None:

@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from cuvis_graph.core.registry import register
 from cuvis_graph.data.datamodule import CubeDataset, GraphDataModule
@@ -49,6 +48,8 @@ class MatSceneDataModule(GraphDataModule):
         self.mask_key = mask_key
         if not self.path.is_file():
             raise ConfigError(f"path: no such file '{self.path}'")
+        import scipy.io
+
         try:
             header = {name: shape for name, shape, _ in scipy.io.whosmat(str(self.path))}
         except Exception as exc:  # noqa: BLE001 - any reader failure means "not a readable .mat"
@@ -69,6 +70,8 @@ class MatSceneDataModule(GraphDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        import scipy.io
+
         try:
             content = scipy.io.loadmat(str(self.path), variable_names=[k for k in (self.cube_key, self.mask_key) if k])
         except Exception as exc:  # noqa: BLE001 - scipy raises many types for truncated or corrupt files

@@ -11,6 +11,7 @@ from cuvis_graph.core.leaves import VisualizationNode
 from cuvis_graph.core.registry import register
 from cuvis_graph.io.render import false_colour, rgb_band_indices
 
+from ._colormaps import check_colormap
 from ._common import (
     default_threshold,
     labels_from_batch,
@@ -73,10 +74,7 @@ class AnomalyHeatmap(VisualizationNode):
                  vmin: float | None = None, vmax: float | None = None, name: str | None = None,
                  label_source: str | None = None) -> None:
         super().__init__(log_frequency=log_frequency, name=name, label_source=label_source)
-        from matplotlib import colormaps
-
-        if cmap not in colormaps:
-            raise ValueError(f"cmap: unknown matplotlib colormap {cmap!r}")
+        check_colormap(cmap, "cmap")  # builtin names are checked without importing matplotlib
         if vmin is not None and vmax is not None and not vmin < vmax:
             raise ValueError(f"need vmin < vmax, got vmin={vmin}, vmax={vmax}")
         self.cmap = cmap

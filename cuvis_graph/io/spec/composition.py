@@ -22,6 +22,7 @@ from cuvis_graph.core.registry import (
 )
 from cuvis_graph.errors import CuvisGraphError, Problem, did_you_mean
 from cuvis_graph.io.spec.parameters import class_parameters
+from cuvis_graph.io.spec.plain_defaults import compose_plain_defaults
 from cuvis_graph.io.spec.schema import (
     DEFAULT_DATA,
     ComponentSpec,
@@ -89,6 +90,8 @@ def _hydra_settings(raw: Mapping[str, Any], source: str) -> None:
 
 # -- overrides and Hydra composition -------------------------------------------------------------
 def _parse_overrides(overrides: Sequence[str], source: str) -> list[Any]:
+    if not overrides:
+        return []
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -392,7 +395,9 @@ def load_config(source: str | os.PathLike | Mapping[str, Any], overrides: Sequen
     """The composed, resolved pipeline config and a label for messages.
 
     ``source``: a ``.yaml`` path (composed by Hydra: ``defaults`` config groups next to it
-    and ``overrides``), YAML text, or a mapping (overrides applied with OmegaConf).
+    and ``overrides``; a plain defaults list without overrides is merged as Hydra merges it,
+    :mod:`~cuvis_graph.io.spec.plain_defaults`), YAML text, or a mapping (overrides applied
+    with OmegaConf).
     """
     from omegaconf import OmegaConf
 
@@ -412,9 +417,15 @@ def load_config(source: str | os.PathLike | Mapping[str, Any], overrides: Sequen
         group_lines = [o.input_line for o in parsed if o.key_or_group in groups and o.package is None
                        and not (o.is_add() or o.is_force_add() or o.is_delete() or o.is_sweep_override())]
         _check_group_files(path, raw, group_lines)
-        base = _to_container_unresolved(_hydra_compose(path, group_lines, label))
+        composed = compose_plain_defaults(path) if not parsed else None  # Hydra's result, without Hydra
+        if composed is None:
+            composed = _hydra_compose(path, group_lines, label)
+        base = _to_container_unresolved(composed)
+        first_lines = group_lines
         group_lines, value_lines = _prepare_overrides(base, parsed, groups, label, allow)
-        return _to_container(_hydra_compose(path, group_lines + value_lines, label), label), label
+        if group_lines + value_lines != first_lines:  # else the same composition again
+            composed = _hydra_compose(path, group_lines + value_lines, label)
+        return _to_container(composed, label), label
     if raw.get("defaults"):
         raise SpecError(label, [Problem("defaults", "config groups need a pipeline file ending in .yaml")])
     group_lines, value_lines = _prepare_overrides(raw, parsed, set(), label, allow)
