@@ -15,7 +15,9 @@ import yaml
 from runs_helpers import BrokenMonitor, RecordingMonitor, build_graph, config, datamodule
 
 from cuvis_graph import VisualizationNode
-from cuvis_graph.io.runs import RunLock, RunLockedError, atomic_write_json, read_run_json
+from cuvis_graph.io.atomic import atomic_write_json
+from cuvis_graph.io.run_lock import RunLock, RunLockedError
+from cuvis_graph.io.runs import read_run_json
 
 
 class StatusSpy(pl.Callback):

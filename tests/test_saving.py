@@ -18,14 +18,9 @@ from cuvis_graph import Graph, GraphDataModule
 from cuvis_graph.core.compiler import compile_graph
 from cuvis_graph.core.plan import DataSpec
 from cuvis_graph.errors import CuvisGraphError
-from cuvis_graph.io.saving import (
-    ChannelMismatchError,
-    ModelFormatError,
-    check_channels,
-    load_graph,
-    read_meta,
-    save_graph,
-)
+from cuvis_graph.io.model_channels import ChannelMismatchError, check_channels
+from cuvis_graph.io.model_meta import ModelFormatError, read_meta
+from cuvis_graph.io.saving import load_graph, save_graph
 from cuvis_graph.io.spec import SpecError, load_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,8 @@ from stages_helpers import StageRecorder, staged_pipeline
 
 from cuvis_graph import Graph, TrainingConfig
 from cuvis_graph.errors import CompileError, ConfigError
-from cuvis_graph.io.runs import ResumeError, read_run_json
+from cuvis_graph.io.resume_check import ResumeError
+from cuvis_graph.io.runs import read_run_json
 
 HERE = Path(__file__).parent
 NODES = {"norm", "selector", "rx", "head"}

@@ -22,7 +22,7 @@ from cuvis_graph import Graph, Node, TrainingConfig
 from cuvis_graph.core.plan import DataSpec
 from cuvis_graph.core.structure import ParentRef
 from cuvis_graph.errors import CompileError
-from cuvis_graph.io.runs import pipeline_summary
+from cuvis_graph.io.run_config import pipeline_summary
 from cuvis_graph.io.spec import SpecError
 
 DATA = DataSpec(n_channels=12, batch_keys=frozenset({"cube", "mask"}))
@@ -203,7 +203,7 @@ def test_resume_check_reads_the_python_record_as_every_parameter(tmp_path):
     added (its record lists every parameter); in a pipeline file's record it is a change."""
     from types import SimpleNamespace
 
-    from cuvis_graph.io.runs import ResumeError, check_continuation
+    from cuvis_graph.io.resume_check import ResumeError, check_continuation
 
     graph, _, _ = selector_graph()
     training = TrainingConfig().model_dump(mode="json")

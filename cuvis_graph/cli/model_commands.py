@@ -98,7 +98,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     out("metrics:")
     out(format_metrics(metrics))
     if args.output:
-        from cuvis_graph.io.runs import atomic_write_json
+        from cuvis_graph.io.atomic import atomic_write_json
 
         finite = {k: v if math.isfinite(v) else None for k, v in metrics.items()}
         atomic_write_json(args.output, {"model": str(model), "split": split, "metrics": finite})

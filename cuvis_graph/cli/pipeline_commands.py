@@ -57,8 +57,8 @@ def cmd_print_config(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from cuvis_graph.errors import CompileError
     from cuvis_graph.io import render
+    from cuvis_graph.io.atomic import atomic_write_text
     from cuvis_graph.io.output_paths import check_output_file
-    from cuvis_graph.io.runs import atomic_write_text
     from cuvis_graph.io.spec import SpecError
 
     pipeline = load_pipeline_args(args, check=False)
@@ -87,8 +87,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_nodes(args: argparse.Namespace) -> int:
     from cuvis_graph.core.catalog import catalog_markdown, catalog_text
+    from cuvis_graph.io.atomic import atomic_write_text
     from cuvis_graph.io.output_paths import check_output_file
-    from cuvis_graph.io.runs import atomic_write_text
 
     text = catalog_markdown() if args.markdown else catalog_text()
     if args.output is not None:

@@ -59,7 +59,7 @@ def summary_columns(jobs: Sequence[SweepJob], limit: int = 6) -> list[str]:
 
 def write_summary(folder: Path, jobs: Sequence[SweepJob]) -> Path:
     """``summary.csv`` in ``folder`` (atomically): one row per job, every final metric."""
-    from cuvis_graph.io.runs import atomic_write_text
+    from cuvis_graph.io.atomic import atomic_write_text
 
     metrics = sorted({k for j in jobs for k in j.metrics})
     buffer = io.StringIO()

@@ -31,11 +31,10 @@ def _save_predictions(pipeline: Any, run_dir: Path) -> Path:
             arrays.setdefault(name, []).append(tensor.detach().cpu().numpy())
         if isinstance(batch.get("mask"), torch.Tensor):
             arrays.setdefault("mask", []).append(batch["mask"].numpy())
-    path = run_dir / "predictions.npz"
-    tmp = run_dir / ".predictions.tmp.npz"
-    np.savez_compressed(tmp, **{k: np.concatenate(v) for k, v in arrays.items()})
-    tmp.replace(path)
-    return path
+    from cuvis_graph.io.atomic import atomic_write
+
+    return atomic_write(run_dir / "predictions.npz",
+                        lambda fh: np.savez_compressed(fh, **{k: np.concatenate(v) for k, v in arrays.items()}))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -59,7 +58,8 @@ def _sweep(args: argparse.Namespace, jobs: list[list[str]], pipelines: list[Any]
     after each job (so a killed sweep leaves a truthful one); a failed job does not stop the rest."""
     from cuvis_graph.cli.sweeps import SweepJob, format_summary, write_summary
     from cuvis_graph.core.names import shorten
-    from cuvis_graph.io.runs import new_sweep_dir, read_run_json
+    from cuvis_graph.io.run_folders import new_sweep_dir
+    from cuvis_graph.io.runs import read_run_json
 
     first = pipelines[0]
     folder = new_sweep_dir(args.runs_dir or first.training.run.root, first.name)
@@ -100,7 +100,7 @@ def _as_started(args: argparse.Namespace, overrides: list[str], pipeline: Any) -
     """A resumed run continues with the overrides it was started with: the run's recorded
     overrides, then those given now (a key given again replaces its recorded value; the
     resume then refuses any change but attempt-level ones such as max_epochs, naming it)."""
-    from cuvis_graph.io.runs import resume_target
+    from cuvis_graph.io.run_resume import resume_target
 
     run = resume_target(pipeline.name, args.runs_dir or pipeline.training.run.root, args.resume,
                         getattr(args, "run_dir", None))
@@ -121,7 +121,8 @@ def _as_started(args: argparse.Namespace, overrides: list[str], pipeline: Any) -
 
 
 def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) -> tuple[Path, dict[str, float]]:
-    from cuvis_graph.io.runs import atomic_write_text, open_run
+    from cuvis_graph.io.atomic import atomic_write_text
+    from cuvis_graph.io.run_resume import open_run
     from cuvis_graph.train.distributed import RUN_DIR_ENV, worker_rank
 
     spec = dict(pipeline.config)

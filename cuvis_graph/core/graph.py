@@ -18,7 +18,9 @@ from cuvis_graph.core.node import Node, snake_case
 from cuvis_graph.core.plan import DataSpec, Plan
 from cuvis_graph.core.structure import GraphStructure, ParentLike, ParentRef
 from cuvis_graph.errors import CuvisGraphError, Problem
-from cuvis_graph.io.runs import Run, RunSession, open_run, pipeline_summary
+from cuvis_graph.io.run_config import pipeline_summary
+from cuvis_graph.io.run_resume import open_run
+from cuvis_graph.io.runs import Run, RunSession
 from cuvis_graph.train.config import TrainingConfig, parse_config
 from cuvis_graph.train.distributed import RESUME_CKPT_ENV, RESUMING_ENV, RUN_DIR_ENV, worker_rank
 from cuvis_graph.train.quiet import quiet_lightning

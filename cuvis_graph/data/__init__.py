@@ -1,7 +1,8 @@
 """Data: datamodules yielding ``{"cube", "mask", "wavelengths"}`` batches."""
 
 from cuvis_graph.data.datamodule import ArrayDataModule, CubeDataset, GraphDataModule, collate_cubes
-from cuvis_graph.data.folder import FileCubeDataset, FolderDataModule
+from cuvis_graph.data.file_dataset import FileCubeDataset
+from cuvis_graph.data.folder import FolderDataModule
 from cuvis_graph.data.mat import MatSceneDataModule
 from cuvis_graph.data.readers import (
            SUPPORTED_SUFFIXES,

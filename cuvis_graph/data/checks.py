@@ -6,7 +6,7 @@ with the numbers; the caller raises with the place in front (a file's
 The data sources call them where data enters:
 
 * files: :func:`~cuvis_graph.data.read_cube` (wavelengths, mask values) and
-  :meth:`FileCubeDataset.read_region <cuvis_graph.data.folder.FileCubeDataset.read_region>`
+  :meth:`FileCubeDataset.read_region <cuvis_graph.data.file_dataset.FileCubeDataset.read_region>`
   (non-finite values, integer range; one ``torch.isfinite(x).all()`` per item read);
 * in-memory arrays: :class:`~cuvis_graph.data.datamodule.CubeDataset` (once, on construction).
 

@@ -3,128 +3,37 @@
 Files (``.npy``, ``.npz``, ``.mat``, ENVI) are opened with :func:`~cuvis_graph.data.read_cube`
 and memory-mapped where the format allows, so only what a batch needs is read from disk.
 Files are split into train/val/test by a seeded permutation; the assignment can be saved
-to / reused from a ``splits.json`` so that runs see the same split.
+to / reused from a ``splits.json`` so that runs see the same split
+(:mod:`cuvis_graph.data.splits`). The scenes are served by
+:class:`~cuvis_graph.data.file_dataset.FileCubeDataset`; this module scans the files' headers
+and puts the pieces together.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cuvis_graph.core.plan import DataSpec
 from cuvis_graph.core.registry import register
-from cuvis_graph.data.checks import integer_range_problem, nonfinite_problem, wavelength_problem
+from cuvis_graph.data.checks import wavelength_problem
 from cuvis_graph.data.datamodule import GraphDataModule
-from cuvis_graph.data.readers import HyperspectralCube, ReaderError, list_cubes, read_cube
+from cuvis_graph.data.file_dataset import FileCubeDataset
+from cuvis_graph.data.readers import ReaderError, list_cubes, read_cube
+from cuvis_graph.data.splits import SPLITS, read_splits_file, split_files, write_splits_file
 from cuvis_graph.data.tiling import Edge, TiledDataset, make_loader
 from cuvis_graph.errors import ConfigError
 
-__all__ = ["FileCubeDataset", "FolderDataModule", "split_files"]
+__all__ = ["FolderDataModule"]
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test")
-
-
-class FileCubeDataset(Dataset):
-    """Scenes from cube files: items ``{"cube": [H,W,C] float32, "mask"?: [H,W] int64, "wavelengths"?: [C]}``.
-
-    Opened cubes are cached: memory-mapped ones always (they hold no data), loaded ones
-    (``.npz``, MATLAB v5) in a small LRU of ``max_loaded`` files. :meth:`read_region`
-    reads just a window (used by :class:`~cuvis_graph.data.tiling.TiledDataset`).
-
-    Args:
-        files: the cube files.
-        bands: channel indices kept from every file (``None``: all).
-        with_mask: put the file's ground truth in the items as ``mask``.
-        wavelengths: ``[C]`` (after ``bands``) put in every item, or ``None``.
-        read_kwargs: ``key``/``mask_key`` for :func:`read_cube`.
-    """
-
-    def __init__(self, files: Sequence[Path], bands: Sequence[int] | None = None, with_mask: bool = False,
-                 wavelengths: np.ndarray | None = None, max_loaded: int = 2, **read_kwargs: Any) -> None:
-        self.files = [Path(f) for f in files]
-        self.bands = None if bands is None else np.asarray(bands, dtype=np.int64)
-        self.with_mask = with_mask
-        self.wavelengths = None if wavelengths is None else torch.as_tensor(np.asarray(wavelengths),
-                                                                            dtype=torch.float32)
-        self.read_kwargs = read_kwargs
-        self.max_loaded = max_loaded
-        self._cache: OrderedDict[Path, HyperspectralCube] = OrderedDict()
-        self._shapes: dict[int, tuple[int, int]] = {}
-        self._range_checked: set[Path] = set()
-
-    def __getstate__(self) -> dict[str, Any]:  # workers re-open files instead of pickling memmaps
-        state = dict(self.__dict__)
-        state["_cache"] = OrderedDict()
-        return state
-
-    def open(self, index: int) -> HyperspectralCube:
-        """The (cached) cube of file ``index``."""
-        path = self.files[index]
-        cube = self._cache.get(path)
-        if cube is None:
-            cube = read_cube(path, mmap=True, **self.read_kwargs)
-            self._cache[path] = cube
-            loaded = [p for p, c in self._cache.items() if not isinstance(c.data, np.memmap)]
-            for stale in loaded[:-self.max_loaded] if self.max_loaded > 0 else loaded:
-                del self._cache[stale]
-        else:
-            self._cache.move_to_end(path)
-        return cube
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def scene_shape(self, index: int) -> tuple[int, int]:
-        if index not in self._shapes:
-            h, w = self.open(index).data.shape[:2]
-            self._shapes[index] = (int(h), int(w))
-        return self._shapes[index]
-
-    def shapes(self) -> list[tuple[int, int]]:
-        return [self.scene_shape(i) for i in range(len(self))]
-
-    def read_region(self, index: int, rows: slice, cols: slice) -> dict[str, torch.Tensor]:
-        """Item ``index`` cut to ``[rows, cols]`` (only that window is read from a memmap)."""
-        cube = self.open(index)
-        window = cube.data[rows, cols]
-        window = window[..., self.bands] if self.bands is not None else window
-        with np.errstate(over="ignore"):  # values beyond float32 become Inf, refused just below
-            item = {"cube": torch.from_numpy(np.array(window, dtype=np.float32, order="C"))}
-        self._check_values(index, cube, window, item["cube"])
-        if self.with_mask:
-            if cube.mask is None:
-                raise ReaderError(self.files[index], "has no ground-truth mask, but the datamodule declares 'mask'")
-            item["mask"] = torch.from_numpy(np.array(cube.mask[rows, cols], dtype=np.int64))
-        if self.wavelengths is not None:
-            item["wavelengths"] = self.wavelengths
-        return item
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return self.read_region(index, slice(None), slice(None))
-
-    def _check_values(self, index: int, cube: HyperspectralCube, window: np.ndarray, values: torch.Tensor) -> None:
-        """Refuse non-finite values (naming the file); warn once per file about integers beyond 2^24."""
-        path = self.files[index]
-        problem = nonfinite_problem(values)
-        if problem:
-            raise ReaderError(path, problem + _byte_order_hint(cube, window))
-        if path not in self._range_checked:
-            self._range_checked.add(path)
-            problem = integer_range_problem(np.asarray(window))
-            if problem:
-                log.warning("%s: %s", path, problem)
 
 
 @dataclass(eq=False)
@@ -136,38 +45,6 @@ class _Header:
     n_bands: int
     has_mask: bool
     wavelengths: np.ndarray | None
-
-
-def _byte_order_hint(cube: HyperspectralCube, window: np.ndarray) -> str:
-    """``"; ... byte order = 1 ..."`` when the file declares a byte order and the other one reads finite."""
-    if cube.byte_order is None or np.dtype(window.dtype).kind != "f":
-        return ""
-    swapped = np.asarray(window).byteswap()  # the same bytes read in the other order
-    if not np.isfinite(swapped).all():
-        return ""
-    return (f" (the header says 'byte order = {cube.byte_order}'; read as 'byte order = {1 - cube.byte_order}' "
-            "every value is finite: the header's byte order is probably wrong)")
-
-
-def split_files(names: Sequence[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[str]]:
-    """``{"train", "val", "test": sorted names}`` by a seeded permutation of the sorted names.
-
-    ``n_val = round(n * val_fraction)``, ``n_test = round(n * test_fraction)``, the rest trains.
-    """
-    names = sorted(names)
-    order = np.random.default_rng(seed).permutation(len(names))
-    n_val, n_test = round(len(names) * val_fraction), round(len(names) * test_fraction)
-    parts = {"val": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}
-    return {k: sorted(names[i] for i in parts[k]) for k in SPLITS}
-
-
-def _write_json_atomic(path: Path, content: dict[str, Any]) -> None:
-    from cuvis_graph.io.runs import atomic_write_json
-
-    if path.is_dir():
-        raise ConfigError(f"splits_path: '{path}' is a folder; give a file name such as '{path / 'splits.json'}'")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, content)
 
 
 @register
@@ -292,42 +169,15 @@ class FolderDataModule(GraphDataModule):
         names = [self._name(f) for f in self.files]
         path = self.splits_path
         if path is not None and path.is_file():
-            try:
-                saved = json.loads(path.read_text())
-                splits = {k: [str(n) for n in saved.get(k, [])] for k in SPLITS}
-            except (OSError, ValueError, AttributeError, TypeError) as exc:
-                raise ConfigError(f"splits_path: '{path}' is not a readable splits file ({exc})") from None
-            known = set(names)
-            unknown = [n for k in SPLITS for n in splits[k] if n not in known]
-            if unknown:
-                raise ConfigError(f"splits_path: '{path}' names files that are not in '{self.root}': {unknown[:5]}")
-            placed = [n for k in SPLITS for n in splits[k]]
-            twice = sorted({n for n in placed if placed.count(n) > 1})
-            if twice:
-                raise ConfigError(f"splits_path: '{path}' puts files in more than one split (data would leak "
-                                  f"between them): {twice[:5]}")
-            differs = [f"{k}={saved[k]} (configured {v})" for k, v in (("seed", self.seed),
-                       ("val_fraction", self.val_fraction), ("test_fraction", self.test_fraction))
-                       if k in saved and saved[k] != v]
-            if differs:
-                log.warning("%s was made with %s; reusing the saved split (delete the file for a new one)",
-                            path, ", ".join(differs))
-            assigned = set(placed)
-            before = saved.get("skipped") if self.on_bad_file == "skip" else None
-            for entry in before if isinstance(before, list) else []:
-                if isinstance(entry, dict) and entry.get("file") in known and entry["file"] not in assigned:
-                    assigned.add(entry["file"])  # skipped when the split was made: it stays out
-                    self.skipped_files.append({"file": entry["file"], "reason": str(entry.get("reason"))})
-            left_out = [n for n in names if n not in assigned]
-            if left_out:
-                log.warning("%s: %d file(s) not in the saved split are left out: %s", path, len(left_out),
-                            left_out[:5])
+            configured = {"seed": self.seed, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction}
+            splits, skipped = read_splits_file(path, names, self.root, configured, self.on_bad_file == "skip")
+            self.skipped_files.extend(skipped)
             return splits
         splits = split_files(names, self.val_fraction, self.test_fraction, self.seed)
         if not splits["train"]:
             raise ConfigError(f"val_fraction/test_fraction: no file left for training out of {len(names)}")
         if path is not None:
-            _write_json_atomic(path, self._split_record(splits))
+            write_splits_file(path, self._split_record(splits))
             self._wrote_splits = True
         return splits
 
@@ -339,7 +189,7 @@ class FolderDataModule(GraphDataModule):
     def write_splits(self, path: str | os.PathLike) -> Path:
         """Save the current split (and the skipped files) as JSON to ``path`` (atomically)."""
         path = Path(path)
-        _write_json_atomic(path, self._split_record(self.splits))
+        write_splits_file(path, self._split_record(self.splits))
         return path
 
     def split_files(self, split: str) -> list[Path]:
@@ -457,7 +307,7 @@ class FolderDataModule(GraphDataModule):
             raise ConfigError(f"on_bad_file: every training file was skipped ({len(self.skipped_files)} file(s), "
                               f"first {self.skipped_files[0]['file']}: {self.skipped_files[0]['reason']})")
         if self._wrote_splits and self.skipped_files:
-            _write_json_atomic(self.splits_path, self._split_record(self.splits))
+            write_splits_file(self.splits_path, self._split_record(self.splits))
 
     def data_spec(self) -> DataSpec:
         self._scan()

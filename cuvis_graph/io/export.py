@@ -23,7 +23,6 @@ import contextlib
 import io
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from torch import nn
 from cuvis_graph.core.inference import InferenceSession, sink_outputs
 from cuvis_graph.core.plan import DataSpec, Step
 from cuvis_graph.errors import CuvisGraphError
+from cuvis_graph.io.atomic import atomic_path
 from cuvis_graph.io.output_paths import refuse_inside_model
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ class ParityReport:
 
 
 def _n_channels(graph: Graph, n_channels: int | None) -> int:
-    from cuvis_graph.io.saving import infer_n_channels
+    from cuvis_graph.io.model_channels import infer_n_channels
 
     if n_channels is not None:
         return int(n_channels)
@@ -316,10 +316,7 @@ def export_onnx_report(graph: Graph, path: str | os.PathLike, *, n_channels: int
     axes = {INPUT_NAME: {0: "batch", 1: "height", 2: "width"}}
     for name, rank in ranks.items():
         axes[name] = {0: "batch", 1: "height", 2: "width"} if rank >= 3 else {0: "batch"}
-    fd, name = tempfile.mkstemp(prefix=f".{target.stem}.tmp-", suffix=target.suffix or ".onnx", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
+    with atomic_path(target, suffix=target.suffix or ".onnx") as tmp:  # in place only once checked
         with module.session.evaluating():  # every node's train/eval mode is put back afterwards
             try:
                 with torch.no_grad():
@@ -339,8 +336,4 @@ def export_onnx_report(graph: Graph, path: str | os.PathLike, *, n_channels: int
                 worst = max(report.per_output, key=lambda k: report.per_output[k][1])
                 raise ExportError(f"graph '{graph.name}': the ONNX model disagrees with eager inference: "
                                   f"{report}; worst output '{worst}'{_SHAPE_HINT}")
-        os.chmod(tmp, 0o644)  # mkstemp creates it private; an export is an ordinary file
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target, report

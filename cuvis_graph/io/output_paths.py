@@ -3,7 +3,8 @@
 Every command that writes a folder (``graph.save``, ``predict --out``) or a file next to
 user data (``export -o``) goes through these functions:
 
-* :func:`replace_dir` puts a complete temporary sibling folder in place of the target.
+* :func:`replace_dir` puts a complete temporary sibling folder
+  (:func:`~cuvis_graph.io.atomic.temporary_sibling`) in place of the target.
   On Linux the two are swapped in one ``renameat2(RENAME_EXCHANGE)`` call, so at every
   instant the path holds the old folder or the new one. Where that call is unavailable
   the old folder is first renamed to ``.<name>.old-<tag>``; a kill between the two renames
@@ -23,12 +24,12 @@ import json
 import os
 import shutil
 import sys
-import uuid
 from pathlib import Path
 
 from cuvis_graph.errors import CuvisGraphError
+from cuvis_graph.io.atomic import temporary_sibling
 
-__all__ = ["OutputPathError", "temporary_sibling", "replace_dir", "interrupted_replacement", "refuse_link",
+__all__ = ["OutputPathError", "replace_dir", "interrupted_replacement", "refuse_link",
            "refuse_inside_model", "model_folder_of"]
 
 _AT_FDCWD = -100
@@ -37,11 +38,6 @@ _RENAME_EXCHANGE = 2
 
 class OutputPathError(CuvisGraphError):
     """An output path that would write through a link, into a model, or over a foreign file."""
-
-
-def temporary_sibling(target: Path, kind: str = "tmp") -> Path:
-    """``.<name>.<kind>-<pid>-<random>`` next to ``target`` (not created)."""
-    return target.with_name(f".{target.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -18,8 +18,8 @@ A folder input gives its cube files; those of its sub-folders only with ``recurs
 model knows its C).
 
 Which output is the score: the last node (topological order) whose output is per-pixel
-``[B, H, W, 1]`` and that is not a decider; a decider is a node whose output port is named
-``decisions`` (or that sets ``is_decider = True``), e.g. ``BinaryDecider``/``QuantileDecider``.
+``[B, H, W, 1]`` and that is not a decider; a decider is a node whose class declares
+``is_decider = True`` (:class:`~cuvis_graph.core.node.Node`), e.g. ``BinaryDecider``/``QuantileDecider``.
 The mask is the last decider's output when the graph has one, else ``scores > threshold``
 with the given ``threshold``, else ``scores > Q_q(scores)``: the ``q``-quantile of the
 image's own scores (numpy "linear"; default ``q = 0.99``, i.e. the top 1 % of each image).
@@ -56,12 +56,8 @@ import torch
 from cuvis_graph.core.inference import InferenceSession
 from cuvis_graph.core.plan import DataSpec, Plan
 from cuvis_graph.errors import CuvisGraphError, did_you_mean
-from cuvis_graph.io.output_paths import (
-    refuse_inside_model,
-    refuse_link,
-    replace_dir,
-    temporary_sibling,
-)
+from cuvis_graph.io.atomic import atomic_write, atomic_write_text, temporary_sibling
+from cuvis_graph.io.output_paths import refuse_inside_model, refuse_link, replace_dir
 from cuvis_graph.io.prediction_inputs import (
     cubes_in_subfolders,
     expand_inputs,
@@ -72,7 +68,6 @@ from cuvis_graph.io.render import DetectionFigure, rgb_band_indices
 from cuvis_graph.io.render import (
     false_colour as false_color,  # the name predict has always exported
 )
-from cuvis_graph.io.runs import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:
     from cuvis_graph.core.graph import Graph
@@ -149,10 +144,6 @@ class PredictionSummary:
 
 
 # -- which outputs ------------------------------------------------------------------------------
-def _is_decider(node: Any, port: str) -> bool:
-    return bool(getattr(node, "is_decider", False)) or port == "decisions"
-
-
 def score_outputs(graph: Graph, n_channels: int | None = None, output: str | None = None,
                   plan: Plan | None = None) -> tuple[tuple[str, str], tuple[str, str] | None]:
     """``((score node, port), (decider node, port) or None)`` of ``graph``'s inference plan
@@ -168,7 +159,7 @@ def score_outputs(graph: Graph, n_channels: int | None = None, output: str | Non
                              with_leaves=False)
     pixelwise = [(s.name, port) for s in plan.steps if not s.node.provides_labels
                  for port, dims in plan.output_dims.get(s.name, {}).items() if len(dims) == 4 and dims[-1] == 1]
-    deciders = [(n, p) for n, p in pixelwise if _is_decider(plan.step(n).node, p)]
+    deciders = [(n, p) for n, p in pixelwise if plan.step(n).node.is_decider]
     decider = deciders[-1] if deciders else None
     if output is not None:
         name, _, port = output.partition(".")
@@ -180,7 +171,7 @@ def score_outputs(graph: Graph, n_channels: int | None = None, output: str | Non
         if port not in ports:
             raise CuvisGraphError(f"output: node '{name}' has no output port '{port}'; ports: {list(ports)}")
         return (name, port), decider
-    scores = [(n, p) for n, p in pixelwise if not _is_decider(plan.step(n).node, p)]
+    scores = [(n, p) for n, p in pixelwise if not plan.step(n).node.is_decider]
     if not scores:
         shapes = {n: list(d) for n, ports in plan.output_dims.items() for d in ports.values()}
         raise CuvisGraphError(f"graph '{graph.name}' has no per-pixel score output [B,H,W,1] to predict with "
@@ -307,7 +298,7 @@ def predict_files(graph: Graph, inputs: Sequence[str | os.PathLike], out_dir: st
 
     Args:
         graph: a fitted graph (e.g. :meth:`Graph.load`); its channel count is checked
-            against every file (:func:`cuvis_graph.io.saving.check_channels`).
+            against every file (:func:`cuvis_graph.io.model_channels.check_channels`).
         threshold: mask = ``scores > threshold`` (ignored when the graph has a decider).
         quantile: without decider and threshold, mask = ``scores > Q_quantile(scores)`` per image.
         output: the score output (``"node"`` / ``"node.port"``); default: see :func:`score_outputs`.
@@ -323,7 +314,7 @@ def predict_files(graph: Graph, inputs: Sequence[str | os.PathLike], out_dir: st
         a :class:`PredictionSummary`; ``summary.csv`` lists every input, failed ones with
         ``status=error`` and the message (which names the file).
     """
-    from cuvis_graph.io.saving import infer_n_channels
+    from cuvis_graph.io.model_channels import infer_n_channels
 
     if not 0.0 <= quantile <= 1.0:
         raise CuvisGraphError(f"quantile must be in [0, 1], got {quantile}")
@@ -383,7 +374,7 @@ def _predict_each(graph: Graph, sessions: dict[int, InferenceSession], files: Se
     from tqdm import tqdm
 
     from cuvis_graph.data.readers import read_cube
-    from cuvis_graph.io.saving import check_channels
+    from cuvis_graph.io.model_channels import check_channels
 
     score_node, score_port = score
     figure = DetectionFigure() if overlay else None  # one figure redrawn for every file

@@ -257,7 +257,7 @@ def to_png(graph: Graph, plan: Plan, path: str | os.PathLike, data: DataSpec | N
     ax.set_title(f"graph '{graph.name}'", fontsize=11, loc="left")
     fig.tight_layout()
     path = os.fspath(path)
-    from cuvis_graph.io.runs import atomic_write
+    from cuvis_graph.io.atomic import atomic_write
 
     try:
         atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi))

@@ -12,6 +12,7 @@ from typing import Any
 
 from cuvis_graph.core.leaves import MonitoringNode
 from cuvis_graph.core.registry import register
+from cuvis_graph.io.atomic import atomic_write, atomic_write_text
 
 __all__ = ["FileMonitor", "DummyMonitor"]
 
@@ -57,9 +58,7 @@ class FileMonitor(MonitoringNode):
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{_safe(name.replace('/', '__'))}_step{int(step):04d}.png"
         if hasattr(artifact, "savefig"):
-            tmp = path.with_suffix(".tmp.png")
-            artifact.savefig(tmp, dpi=self.dpi, bbox_inches="tight")
-            os.replace(tmp, path)
+            atomic_write(path, lambda fh: artifact.savefig(fh, format="png", dpi=self.dpi, bbox_inches="tight"))
         else:
             raise TypeError(f"FileMonitor can store matplotlib figures only, got {type(artifact).__name__}")
         self.artifacts.append(path)
@@ -69,9 +68,7 @@ class FileMonitor(MonitoringNode):
         folder = self.root / "artifacts" / _safe(stage)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{_safe(name.replace('/', '__'))}_step{int(step):04d}.json"
-        tmp = path.with_suffix(".tmp.json")
-        tmp.write_text(json.dumps(_plain(data), indent=1, default=repr), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(_plain(data), indent=1, default=repr))
         self.artifacts.append(path)
 
     @property

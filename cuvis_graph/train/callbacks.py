@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from cuvis_graph.io.runs import atomic_write
+from cuvis_graph.io.atomic import atomic_write
 from cuvis_graph.train.checkpoints import load_checkpoint
 
 if TYPE_CHECKING:

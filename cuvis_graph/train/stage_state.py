@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cuvis_graph.errors import ConfigError
-from cuvis_graph.io.runs import atomic_write_json
+from cuvis_graph.io.atomic import atomic_write_json
 
 __all__ = ["StageState", "STAGE_STATE_FILE"]
 

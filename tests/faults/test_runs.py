@@ -21,7 +21,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cuvis_graph.io.runs import RunRecordError, open_run, read_run_json
+from cuvis_graph.io.run_resume import open_run
+from cuvis_graph.io.runs import RunRecordError, read_run_json
 from cuvis_graph.monitors.file import FileMonitor
 
 from .conftest import (

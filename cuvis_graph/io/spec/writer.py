@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import typing
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -15,15 +14,17 @@ from cuvis_graph.core.registry import (
     registered_name,
 )
 from cuvis_graph.errors import Problem
+from cuvis_graph.io.atomic import atomic_write_text
 from cuvis_graph.io.plain import plain
 from cuvis_graph.io.spec.schema import SpecError
 from cuvis_graph.train.config import TrainingConfig
 
 if typing.TYPE_CHECKING:
     from cuvis_graph.core.graph import Graph
+    from cuvis_graph.core.node import PortSpec
     from cuvis_graph.core.structure import NodeEntry
 
-__all__ = ["graph_spec", "graph_to_yaml"]
+__all__ = ["graph_spec", "graph_to_yaml", "wiring_fields"]
 
 
 def _refuse(value: Any, where: str) -> Any:
@@ -49,10 +50,14 @@ def _component(obj: Any, where: str, strict: bool) -> dict[str, Any]:
 
 
 def _wiring_yaml(entry: NodeEntry) -> dict[str, Any]:
-    """``parent: x`` / ``parent: [x, y]`` where the first port says it all, else ``parents: {port: ...}``."""
-    specs = entry.node.input_specs
+    return wiring_fields(entry.labels(), entry.node.input_specs)
+
+
+def wiring_fields(labels: Mapping[str, list[str]], specs: Mapping[str, PortSpec]) -> dict[str, Any]:
+    """A node's wiring ``{port: [labels]}`` as pipeline-file fields: ``parent: x`` /
+    ``parent: [x, y]`` where the first of its input ``specs`` says it all, else
+    ``parents: {port: x or [x, y]}`` (a list for a variadic port or several parents)."""
     ports = list(specs)
-    labels = entry.labels()
     if not labels:
         return {}
     if len(labels) == 1 and ports and next(iter(labels)) == ports[0]:
@@ -111,8 +116,5 @@ def graph_to_yaml(graph: Graph, path: str | os.PathLike | None = None, *, traini
         out["training"] = config.model_dump(mode="json")
     text = yaml.safe_dump(out, sort_keys=False, allow_unicode=True)
     if path is not None:
-        target = Path(path)
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
+        atomic_write_text(path, text)
     return text
