@@ -48,9 +48,9 @@ from cuvis_graph.nodes import (
 
 from cuvis_graph import Graph, OptimizerConfig, SyntheticHSIDataModule
 from cuvis_graph.core.executor import Executor
-from cuvis_graph.core.graph import quiet_lightning
 from cuvis_graph.data import GraphDataModule
 from cuvis_graph.train.lightning import GraphModule, build_optimizer
+from cuvis_graph.train.quiet import quiet_lightning
 
 GOAL = 1.10
 SKIP = 2
@@ -117,7 +117,11 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     args = p.parse_args()
     device = setup(args, repeats=5)
-    quiet_lightning()
+    with quiet_lightning():  # Lightning's remarks about the small data, for the whole run
+        measure(args, device)
+
+
+def measure(args: Any, device: torch.device) -> None:
     header("P3", "train step: compiled graph vs hand-written loop", device, args.quick)
     n_train, side, bands = (64, 64, 100) if not args.quick else (16, 32, 40)
     source = SyntheticHSIDataModule(n_train=n_train, n_val=0, n_test=0, height=side, width=side, n_bands=bands,
