@@ -14,7 +14,7 @@ packages it left in ``sys.modules``: Lightning must not be among them (goal), no
 TensorBoard, W&B or matplotlib (printed).
 
 ``--quick`` (the smoke test): one round without warm-up, in which each command runs as its
-module probe (the same work in ``python -c``), so every command starts twice in all.
+module probe (the same work in ``python -c``), so every command starts once.
 """
 
 from __future__ import annotations
