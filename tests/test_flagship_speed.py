@@ -169,8 +169,9 @@ def test_moment_accumulator_affine_equals_numpy() -> None:
 
 @pytest.mark.parametrize("dim", [1, 3, 100, 300])
 def test_minmax_blocks_equal_numpy(dim: int) -> None:
-    """Min/max over several blocks (narrow rows get ~1M-value blocks) equal numpy exactly,
-    with and without row weights, and under an affine map (negative scales swap)."""
+    """Min/max over several chunks (one global min/max: flat ``aminmax`` blocks; per channel:
+    element-wise tiles, the extremes in the last, shorter chunk) equal numpy exactly, with and
+    without row weights, and under an affine map (negative scales swap)."""
     rng = np.random.default_rng(dim)
     n = 3 * (MINMAX_FLAT_VALUES if dim == 1 else max(1, MINMAX_TILE_VALUES // dim)) + 17
     x = rng.normal(size=(n, dim)).astype(np.float32)

@@ -18,6 +18,7 @@ run compares like with like.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,7 +36,13 @@ CONFIG_FILE = "config.yaml"
 
 
 def library_versions() -> dict[str, str]:
-    """``{"python": "3.11.9", "torch": ..., ...}`` of the installed distributions."""
+    """``{"python": "3.11.9", "torch": ..., ...}`` of the installed distributions (looked up once
+    per process: the libraries a process runs do not change while it runs)."""
+    return dict(_installed_versions())
+
+
+@functools.cache
+def _installed_versions() -> tuple[tuple[str, str], ...]:
     import platform
     from importlib import metadata
 
@@ -45,7 +52,7 @@ def library_versions() -> dict[str, str]:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             continue
-    return versions
+    return tuple(versions.items())
 
 
 def git_commit() -> str | None:
