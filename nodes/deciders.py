@@ -43,6 +43,7 @@ class BinaryDecider(Node):
 
     INPUTS = {"scores": PortSpec(SCORES, description="anomaly scores or logits")}
     OUTPUTS = {"decisions": PortSpec(SCORES, description="binary anomaly mask (0/1)")}
+    is_decider = True
 
     def __init__(self, threshold: float = 0.5, name: str | None = None) -> None:
         super().__init__(name=name)
@@ -66,6 +67,7 @@ class QuantileDecider(Node):
 
     INPUTS = {"scores": PortSpec(SCORES, description="anomaly scores or logits")}
     OUTPUTS = {"decisions": PortSpec(SCORES, description="binary anomaly mask (0/1)")}
+    is_decider = True
 
     def __init__(self, q: float = 0.99, name: str | None = None) -> None:
         super().__init__(name=name)

@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from cuvis_graph.core.flags import computed_flag
 from cuvis_graph.core.node import Node, PortSpec
 from cuvis_graph.core.registry import register
 from cuvis_graph.core.statistics import (
@@ -120,17 +121,15 @@ class RXLogitHead(Node):
 
     INPUTS = {"scores": PortSpec(SCORES, description="anomaly scores")}
     OUTPUTS = {"logits": PortSpec(SCORES, description="anomaly logits")}
-    statistical = True
 
     def __init__(self, init_scale: float | None = None, init_bias: float | None = None,
                  bias_quantile: float = 0.995, trainable: bool = True, name: str | None = None) -> None:
         super().__init__(name=name)
         if not 0.5 < bias_quantile < 1:
             raise ValueError(f"bias_quantile must be in (0.5, 1), got {bias_quantile}")
-        self.statistical = init_bias is None or init_scale is None
-        self.mark_fitted(not self.statistical)
         self.init_scale = None if init_scale is None else float(init_scale)
         self.init_bias = None if init_bias is None else float(init_bias)
+        self.mark_fitted(not self.statistical)
         self.bias_quantile, self.trainable = float(bias_quantile), trainable
         self.register_buffer("score_mean", torch.tensor(0.0))
         self.register_buffer("score_std", torch.tensor(1.0))
@@ -138,6 +137,11 @@ class RXLogitHead(Node):
         self.register_buffer("score_unit", torch.tensor(1.0))
         self.alpha = nn.Parameter(torch.tensor(1.0 if init_scale is None else self.init_scale), requires_grad=trainable)
         self.beta = nn.Parameter(torch.tensor(0.0), requires_grad=trainable)
+
+    @computed_flag(default=True)
+    def statistical(self) -> bool:
+        """Fitted from the training scores unless both ``init_bias`` and ``init_scale`` are given."""
+        return self.init_bias is None or self.init_scale is None
 
     @property
     def scale(self) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cuvis_graph.core.flags import computed_flag
 from cuvis_graph.core.leaves import TARGET_KEY, LossNode
 from cuvis_graph.core.node import snake_case
 from cuvis_graph.core.registry import get_class, register
@@ -98,13 +99,14 @@ class MSEReconstructionLoss(LossNode):
             upstream of the target is not pulled towards the reconstruction.
     """
 
+    needs_labels = True  # the target travels as batch["target"]
+
     def __init__(self, target: str = "cube", weight: float = 1.0, reduction: str = "mean",
                  detach_target: bool = True, name: str | None = None) -> None:
         super().__init__(weight=weight, name=name, label_source=target)
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         self.target, self.reduction, self.detach_target = target, reduction, detach_target
-        self.needs_labels = True  # the target travels as batch["target"]
 
     def compute_loss(self, output: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
         target = batch[TARGET_KEY]
@@ -189,8 +191,9 @@ class WeightedMultiLoss(ParentBound, LossNode):
     """Several losses on one parent as one leaf: ``L = sum_i w_i L_i``.
 
     Every child ``L_i`` sees the same parent output and batch; ``w_i`` is ``weights[i]``
-    when given, else the child's own ``weight``. After each call, ``last_components``
-    holds ``{child_name: w_i L_i}`` (detached). Logging by the compiled module:
+    when given, else the child's own ``weight``. After each call, :meth:`components` (and
+    ``last_components``) holds ``{child_name: w_i L_i}`` (detached). Logging by the
+    compiled module:
 
     * ``<stage>/loss/<name>``: ``weight * L`` (this leaf's total, as for any loss leaf);
     * ``<stage>/loss/<name>/<child_name>``: each ``w_i L_i`` (epoch means), so the
@@ -248,7 +251,6 @@ class WeightedMultiLoss(ParentBound, LossNode):
         """``needs_labels`` and ``label_source`` from the children (they must agree on the target)."""
         children = list(self.losses.values())
         sources = {c.label_source for c in children if c.needs_labels}
-        self.needs_labels = any(c.needs_labels for c in children)
         if len(sources) > 1:
             raise ValueError(f"child losses read different targets {sorted(map(str, sources))}: "
                              "attach them as separate loss leaves")
@@ -275,6 +277,15 @@ class WeightedMultiLoss(ParentBound, LossNode):
         if self._parent_box and isinstance(child, ParentBound):
             child.bind_parent(self._parent_box[0])
         return child
+
+    @computed_flag(default=False)
+    def needs_labels(self) -> bool:
+        """Whether any child reads a target."""
+        return any(c.needs_labels for c in self.losses.values())
+
+    def components(self) -> dict[str, torch.Tensor]:
+        """``{child_name: w_i L_i}`` of the last call."""
+        return dict(self.last_components)
 
     @property
     def loss_nodes(self) -> nn.ModuleDict:

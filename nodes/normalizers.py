@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cuvis_graph.core.flags import computed_flag
 from cuvis_graph.core.node import Node, PortSpec
 from cuvis_graph.core.registry import register
 from cuvis_graph.core.statistics import (
@@ -61,19 +62,28 @@ class MinMaxNormalizer(_AffineMixin, Node):
 
     INPUTS = {"x": PortSpec(CUBE, batch_key="cube", description="cube")}
     OUTPUTS = {"out": PortSpec(CUBE, description="scaled cube")}
-    statistical = True
 
     def __init__(self, eps: float = 1e-6, per_channel: bool = True, use_running_stats: bool = True,
                  affine: bool = False, name: str | None = None) -> None:
         super().__init__(name=name)
-        self.statistical = use_running_stats
-        self.mark_fitted(not use_running_stats)
         self.eps, self.per_channel, self.use_running_stats = eps, per_channel, use_running_stats
-        # per-channel statistics can absorb a fitted affine parent (see cuvis_graph.core.fitting)
-        self.folds_affine_inputs = ("x",) if per_channel else ()
+        self.mark_fitted(not self.statistical)
         self.register_buffer("min", torch.zeros(0))
         self.register_buffer("max", torch.zeros(0))
         self._init_affine(affine)
+
+    @computed_flag(default=True)
+    def statistical(self) -> bool:
+        """Fitted on the training set, unless every batch is scaled by its own min/max."""
+        return self.use_running_stats
+
+    @computed_flag(default=("x",))
+    def folds_affine_inputs(self) -> tuple[str, ...]:
+        """Per-channel statistics can absorb a fitted affine parent (see cuvis_graph.core.fitting)."""
+        return ("x",) if self.per_channel else ()
+
+    def input_channels(self) -> int | None:
+        return int(self.min.numel()) if self.per_channel and self.min.numel() else None
 
     def create_accumulators(self, x: torch.Tensor) -> dict[str, Accumulator]:
         return {"minmax": MinMaxAccumulator(x.shape[-1] if self.per_channel else 1)}
@@ -137,10 +147,17 @@ class StandardNormalizer(_AffineMixin, Node):
                  name: str | None = None) -> None:
         super().__init__(name=name)
         self.eps, self.per_channel = eps, per_channel
-        self.folds_affine_inputs = ("x",) if per_channel else ()
         self.register_buffer("mean", torch.zeros(0))
         self.register_buffer("std", torch.ones(0))
         self._init_affine(affine)
+
+    @computed_flag(default=("x",))
+    def folds_affine_inputs(self) -> tuple[str, ...]:
+        """Per-channel statistics can absorb a fitted affine parent (see cuvis_graph.core.fitting)."""
+        return ("x",) if self.per_channel else ()
+
+    def input_channels(self) -> int | None:
+        return int(self.mean.numel()) if self.per_channel and self.mean.numel() else None
 
     def create_accumulators(self, x: torch.Tensor) -> dict[str, Accumulator]:
         return {"moments": MomentAccumulator(x.shape[-1] if self.per_channel else 1, full_covariance=False)}

@@ -90,6 +90,9 @@ class TrainablePCA(Node):
             self.register_buffer("components", torch.zeros(0, 0, dtype=F64))
 
     # -- shapes -------------------------------------------------------------------------
+    def input_channels(self) -> int | None:
+        return int(self.mean.numel()) or None
+
     def dim_bindings(self) -> dict[str, int]:
         return {"K": self.n_components}
 

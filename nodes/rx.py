@@ -256,6 +256,9 @@ class RXGlobal(Node):
             self.factor_update = nn.Parameter(torch.zeros(0, 0, dtype=torch.float64))
             self.mean_update = nn.Parameter(torch.zeros(0, dtype=torch.float64))
 
+    def input_channels(self) -> int | None:
+        return int(self.mean.numel()) or None
+
     def prepare_statistics(self, plan, name: str) -> None:
         """Resolve ``use_background_mask`` against the compiled ``plan`` (the statistics pass
         calls this before streaming; see :func:`background_mask_decision`)."""

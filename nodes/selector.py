@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cuvis_graph.core.flags import computed_flag
 from cuvis_graph.core.node import Dim, DimensionMismatch, Node, PortSpec
 from cuvis_graph.core.registry import register
 from cuvis_graph.core.statistics import Accumulator, MomentAccumulator
@@ -73,7 +74,6 @@ class SoftChannelSelector(Node):
 
     INPUTS = {"x": PortSpec(CUBE, batch_key="cube", description="cube")}
     OUTPUTS = {"out": PortSpec(CUBE, description="channel-weighted cube")}
-    statistical = False
 
     def __init__(self, n_select: int, init_method: str = "uniform", temperature_init: float = 5.0,
                  temperature_min: float = 0.1, temperature_decay: float = 0.9, hard: bool = False,
@@ -93,7 +93,6 @@ class SoftChannelSelector(Node):
         self.n_select, self.init_method = int(n_select), init_method
         self.temperature_init, self.temperature_min = float(temperature_init), float(temperature_min)
         self.temperature_decay, self.hard, self.gumbel = float(temperature_decay), hard, gumbel
-        self.statistical = init_method == "variance"
         self.mark_fitted(not self.statistical)
         self.logits = nn.Parameter(torch.zeros(0))
         self.register_buffer("current_temperature", torch.tensor(self.temperature_init, dtype=torch.float64))
@@ -128,11 +127,19 @@ class SoftChannelSelector(Node):
         """``{"temperature": T}``, logged each training epoch as ``train/<name>/temperature``."""
         return {"temperature": self.temperature}
 
+    @computed_flag(default=False)
+    def statistical(self) -> bool:
+        """The variance init fits the logits from the training data; the uniform one does not."""
+        return self.init_method == "variance"
+
     # -- lazy logits ---------------------------------------------------------------------
     @property
     def n_channels(self) -> int | None:
         """C once the logits exist, else ``None``."""
         return int(self.logits.numel()) or None
+
+    def input_channels(self) -> int | None:
+        return self.n_channels
 
     def check_channels(self, n_channels: int) -> None:
         """Raise :class:`DimensionMismatch` unless the selector can take ``C = n_channels``

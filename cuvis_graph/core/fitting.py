@@ -80,12 +80,12 @@ def fold_affine_parents(plan: Plan, step: Step) -> tuple[Step, dict[str, tuple[t
     """
     inputs = dict(step.inputs)
     maps: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for port in getattr(step.node, "folds_affine_inputs", ()):
+    for port in step.node.folds_affine_inputs:
         source = inputs.get(port)
         a = b = None
         while isinstance(source, Source) and source.kind == "node":
             parent = plan.step(source.key)
-            coefficients = getattr(parent.node, "affine_coefficients", lambda: None)()
+            coefficients = parent.node.affine_coefficients()
             upstream = list(parent.inputs.values())
             if coefficients is None or len(upstream) != 1 or not isinstance(upstream[0], Source):
                 break
@@ -143,9 +143,7 @@ def fit_statistics(
         folded = {name: fold_affine_parents(plan, plan.step(name)) for name in names}
         needed = _sources_ancestors(plan, [step for step, _ in folded.values()])
         for name in names:  # nodes whose statistics depend on the graph (RXGlobal's use_background_mask="auto")
-            prepare = getattr(plan.step(name).node, "prepare_statistics", None)
-            if prepare is not None:
-                prepare(plan, name)
+            plan.step(name).node.prepare_statistics(plan, name)
         accumulators: dict[str, dict[str, Accumulator]] = {}
         loader = loader_factory()
         desc = f"statistics {depth}/{len(levels)} ({', '.join(names)})"

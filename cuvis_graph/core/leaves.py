@@ -55,6 +55,11 @@ class LeafNode(RecordsInit, nn.Module):
         required_parent_attributes: attributes the parent must have (e.g. ``"temperature"``).
         needs_labels: the leaf reads ``batch["target"]``.
         parent_output_rank: rank the parent output must have (``None``: any).
+
+    A subclass sets them in its class body; one that depends on the constructor arguments
+    (e.g. ``needs_labels`` of a figure coloured by labels only when it has a
+    ``label_source``) is a :class:`~cuvis_graph.core.flags.computed_flag`, never an
+    assignment on the instance.
     """
 
     compatible_parent_types: ClassVar[tuple[type, ...]] = ()
@@ -119,6 +124,9 @@ class LossNode(LeafNode):
     Also callable as ``compute_loss(parent_output, labels=..., metadata=...)``; a subclass
     may implement that signature instead, returning a tensor or ``(loss, info)`` (``info``
     is kept in ``last_info``).
+
+    A loss made of named parts reports them through :meth:`components` (the parts of the
+    last computed loss); the compiled module logs each as ``<stage>/loss/<leaf>/<part>``.
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -129,6 +137,11 @@ class LossNode(LeafNode):
     def __init__(self, weight: float = 1.0, name: str | None = None, label_source: str | None = None) -> None:
         super().__init__(name=name, label_source=label_source)
         self.weight = float(weight)
+
+    def components(self) -> dict[str, torch.Tensor]:
+        """``{part: value}`` of the last :meth:`compute_loss` call (detached scalars), for a
+        loss made of named parts; default: none."""
+        return {}
 
     def compute_loss(self, output: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
         """Scalar loss (before ``weight``) from the parent output and the batch."""
@@ -143,7 +156,7 @@ def _loss_entry(impl: Any) -> Any:
     @functools.wraps(impl)
     def compute_loss(self: LossNode, *args: Any, **kwargs: Any) -> torch.Tensor:
         output, batch, _, _ = self._call_inputs("compute_loss", args, kwargs)
-        if getattr(self, "needs_labels", False) and TARGET_KEY not in batch and not cuvis_style:
+        if self.needs_labels and TARGET_KEY not in batch and not cuvis_style:
             raise ValueError(f"{type(self).__name__} '{self.name}': labels are required; pass labels=... or a "
                              f"batch with '{self.label_source or 'mask'}'")
         if cuvis_style:
@@ -206,7 +219,7 @@ class MetricNode(LeafNode):
         ``compute_metric(parent_output, labels=..., metadata=...)``."""
         self._protocol()
         output, batch, _, _ = self._call_inputs("compute_metric", args, kwargs)
-        if getattr(self, "needs_labels", False) and TARGET_KEY not in batch:
+        if self.needs_labels and TARGET_KEY not in batch:
             raise ValueError(f"{type(self).__name__} '{self.name}': labels are required; pass labels=... or a "
                              f"batch with '{self.label_source or 'mask'}'")
         state = self.create_metrics()

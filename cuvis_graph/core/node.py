@@ -104,7 +104,30 @@ def _fmt(dims: tuple[Dim, ...]) -> str:
 
 
 class Node(RecordsInit, nn.Module):
-    """Base of all processing nodes. Subclasses set ``INPUTS``/``OUTPUTS`` and ``forward``."""
+    """Base of all processing nodes. Subclasses set ``INPUTS``/``OUTPUTS`` and ``forward``.
+
+    The conventions the compiler, the training and prediction rely on are declared here,
+    never guessed from attribute or port names:
+
+    Class flags (a subclass sets them in its class body; a flag that depends on the
+    constructor arguments is a :class:`~cuvis_graph.core.flags.computed_flag`, never an
+    assignment on the instance):
+        statistical: the node must see data (statistical initialization) before it runs.
+            A computed one starts unfitted when its class default is ``True``; its
+            constructor calls ``self.mark_fitted(not self.statistical)`` once the arguments
+            are set.
+        provides_labels: its output is a label map that leaves may consume (label mappers).
+        is_decider: its output is a 0/1 decision mask derived from scores (prediction takes
+            it as the mask, never as the score map).
+        folds_affine_inputs: input ports whose statistics may absorb a fitted affine parent
+            (:func:`cuvis_graph.core.fitting.fold_affine_parents`); empty: none.
+
+    Methods with defaults:
+        :meth:`input_channels`: the channel count C the node has taken from its input.
+        :meth:`logged_values`: scalars logged every training epoch.
+        :meth:`on_epoch_start`, :meth:`prepare_for_train`, :meth:`materialize`: hooks.
+        :meth:`affine_coefficients`, :meth:`prepare_statistics`: statistical-fit hooks.
+    """
 
     INPUTS: ClassVar[dict[str, PortSpec]] = {"x": PortSpec(("B", "H", "W", "C"))}
     OUTPUTS: ClassVar[dict[str, PortSpec]] = {"out": PortSpec(("B", "H", "W", "C"))}
@@ -112,11 +135,16 @@ class Node(RecordsInit, nn.Module):
     statistical: ClassVar[bool] = False
     #: True for nodes whose output is a label map that leaves may consume (label mappers).
     provides_labels: ClassVar[bool] = False
+    #: True for nodes whose output is a 0/1 decision mask (thresholds of a score).
+    is_decider: ClassVar[bool] = False
+    #: Input ports whose accumulated statistics may fold a fitted affine parent in.
+    folds_affine_inputs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str | None = None) -> None:
         super().__init__()
         self.name: str | None = name
-        self.register_buffer("_fitted", torch.tensor(not self.statistical), persistent=True)
+        # the class's value: a flag computed from arguments is not readable before they are set
+        self.register_buffer("_fitted", torch.tensor(not type(self).statistical), persistent=True)
         self._frozen = False
 
     # -- ports --------------------------------------------------------------------
@@ -148,6 +176,12 @@ class Node(RecordsInit, nn.Module):
             for port, spec in self.output_specs.items()
         }
 
+    def input_channels(self) -> int | None:
+        """The channel count ``C`` of the input this node has taken (per-channel statistics
+        ``[C]``, logits built for ``C`` channels...), ``None`` while it holds nothing sized by
+        C. Read to tell the ``C`` of a saved model that does not declare it."""
+        return None
+
     def materialize(self, input_dims: Mapping[str, tuple[Dim, ...] | list[tuple[Dim, ...]]]) -> None:
         """Create the parameters whose size the compiled ``input_dims`` fix (e.g. one logit per
         input channel). Called once after a successful compile (never by the compile itself,
@@ -174,6 +208,15 @@ class Node(RecordsInit, nn.Module):
     def finalize_statistics(self, accumulators: dict[str, Accumulator]) -> None:
         """Turn the (all-reduced) accumulators into buffers/parameters."""
         raise NotImplementedError
+
+    def prepare_statistics(self, plan: Any, name: str) -> None:
+        """Called before the node's statistics pass with the compiled plan and its step name
+        (for statistics that depend on the graph around it). Default: nothing."""
+
+    def affine_coefficients(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The node's fitted map as ``y = a * x + b`` (``[C]`` or ``[1]``), for statistical
+        children that fold it (``folds_affine_inputs``); ``None``: not an affine map."""
+        return None
 
     def check_fitted(self) -> None:
         if not self.is_fitted:
@@ -211,6 +254,11 @@ class Node(RecordsInit, nn.Module):
 
     def on_epoch_start(self, epoch: int) -> None:
         """Hook called by the compiled module at the start of every training epoch (0-based)."""
+
+    def logged_values(self) -> dict[str, float]:
+        """Scalars logged at every training epoch start as ``train/<node>/<key>`` (e.g. a
+        temperature); default none."""
+        return {}
 
     # -- state dict: buffers sized at fit time are resized on load ------------------------
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from cuvis_graph.core.plan import DataSpec
 from cuvis_graph.errors import CuvisGraphError
 
@@ -22,8 +20,8 @@ class ChannelMismatchError(CuvisGraphError):
 
 def infer_n_channels(graph: Graph) -> int | None:
     """The input channel count C of ``graph``: its ``data_spec``, else (best effort) the
-    size a fitted node reading ``batch.cube`` has taken (an ``n_channels`` attribute or a
-    per-channel ``mean``/``min`` buffer ``[C]``); ``None`` when unknown."""
+    size a fitted node reading ``batch.cube`` has taken (its
+    :meth:`~cuvis_graph.core.node.Node.input_channels`); ``None`` when unknown."""
     if graph.data_spec is not None and graph.data_spec.n_channels:
         return int(graph.data_spec.n_channels)
     from cuvis_graph.core.compiler import compile_graph
@@ -36,14 +34,9 @@ def infer_n_channels(graph: Graph) -> int | None:
         sources = [s for src in step.inputs.values() for s in (src if isinstance(src, list) else [src])]
         if not any(s.kind == "batch" and s.key == "cube" for s in sources):
             continue
-        n = getattr(step.node, "n_channels", None)
-        if isinstance(n, int) and n > 0:
-            return n
-        if getattr(step.node, "per_channel", True):
-            for buffer in ("mean", "min"):
-                t = getattr(step.node, buffer, None)
-                if isinstance(t, torch.Tensor) and t.ndim == 1 and t.numel() > 0:
-                    return int(t.numel())
+        n = step.node.input_channels()
+        if n is not None and int(n) > 0:
+            return int(n)
     return None
 
 

@@ -1,13 +1,17 @@
 """The compiled LightningModule: every step runs the plan through the one executor.
 
 * loss: ``L = sum_i w_i * L_i`` over loss leaves; logged as ``<stage>/loss/<leaf>``
-  (weighted) and ``<stage>/loss`` (total), epoch means; a leaf with a ``last_components``
-  dict (e.g. ``WeightedMultiLoss``) also gets ``<stage>/loss/<leaf>/<component>``. The
-  training losses of single steps go out every ``trainer.log_every_n_steps`` steps as
-  ``train/loss_step`` and ``train/loss/<leaf>_step`` (Lightning's ``_step`` suffix);
+  (weighted) and ``<stage>/loss`` (total), epoch means weighted by batch size; a leaf whose
+  :meth:`~cuvis_graph.core.leaves.LossNode.components` are not empty (e.g.
+  ``WeightedMultiLoss``) also gets ``<stage>/loss/<leaf>/<component>``. Validation and test
+  losses are ``torchmetrics.MeanMetric`` states (float64 sums of ``loss * batch_size`` and
+  of batch sizes, all-reduced by torchmetrics under DDP), so their means are exact over the
+  whole set, never a mean of the ranks' means. The training losses of single steps go out
+  every ``trainer.log_every_n_steps`` steps as ``train/loss_step`` and
+  ``train/loss/<leaf>_step`` (Lightning's ``_step`` suffix);
 * epochs: ``node.on_epoch_start(epoch)`` on every node at each training epoch start
-  (e.g. temperature annealing), then a node's ``logged_values()`` dict, if it has one, is
-  logged as ``train/<node>/<key>`` (e.g. ``train/selector/temperature``);
+  (e.g. temperature annealing), then each entry of ``node.logged_values()`` is logged as
+  ``train/<node>/<key>`` (e.g. ``train/selector/temperature``);
 * metrics: torchmetrics states per stage, logged at epoch end as ``<stage>/<leaf>/<name>``
   (``train`` too with ``train_metrics``: the training batches as the steps see them); a
   test pass logs under ``test_label`` (``test``, or e.g. ``test_best`` for another set of
@@ -36,6 +40,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import nn
+from torchmetrics.aggregation import MeanMetric
 
 from cuvis_graph.core.executor import Executor
 from cuvis_graph.core.fitting import move_batch
@@ -152,7 +157,8 @@ class GraphModule(pl.LightningModule):
         self.disabled_visualizations: set[str] = set()
         #: called once in ``setup("fit")`` with this module (see :mod:`cuvis_graph.train.training`)
         self.setup_task: Any = None
-        self._eval_loss_sums: dict[str, torch.Tensor] = {}
+        #: epoch means of validation / test losses by logged key (plain dict: no module state)
+        self._eval_losses: dict[str, MeanMetric] = {}
         self._last_losses: dict[str, torch.Tensor] = {}
 
     # -- steps ---------------------------------------------------------------------------
@@ -175,9 +181,8 @@ class GraphModule(pl.LightningModule):
             value = self.loss_weights[b.name] * b.leaf.compute_loss(output, leaf_batch)
             self._last_losses[b.name] = value.detach()
             self._log_loss(f"{stage}/loss/{b.name}", value, stage, bs)
-            for part, part_value in (getattr(b.leaf, "last_components", None) or {}).items():
-                self.log(f"{stage}/loss/{b.name}/{part}", part_value, on_step=False, on_epoch=True, batch_size=bs,
-                         sync_dist=self._world_size > 1)
+            for part, part_value in b.leaf.components().items():
+                self._log_loss(f"{stage}/loss/{b.name}/{part}", part_value, stage, bs, step_value=False)
             total = value if total is None else total + value
         self._log_loss(f"{stage}/loss", total, stage, bs, prog_bar=True)
         return total
@@ -186,30 +191,30 @@ class GraphModule(pl.LightningModule):
     def _world_size(self) -> int:
         return self._trainer.world_size if self._trainer is not None else 1
 
-    def _log_loss(self, key: str, value: torch.Tensor, stage: str, batch_size: int, prog_bar: bool = False) -> None:
-        """Epoch mean of a loss weighted by batch size. Under DDP, validation / test means are
-        exact over the whole set (sums and counts all-reduced at epoch end), not a mean of the
-        ranks' means."""
-        if stage == "train" or self._world_size == 1:
+    def _log_loss(self, key: str, value: torch.Tensor, stage: str, batch_size: int, prog_bar: bool = False,
+                  step_value: bool = True) -> None:
+        """Epoch mean of a loss weighted by batch size: ``sum_b n_b L_b / sum_b n_b``. Training
+        losses go through Lightning's own epoch means (``step_value``: also this step's value);
+        validation / test losses into a :class:`MeanMetric` logged by :meth:`_log_eval_losses`."""
+        if stage == "train":
             self.log(key, value, on_step=False, on_epoch=True, prog_bar=prog_bar, batch_size=batch_size,
                      sync_dist=self._world_size > 1)
-            if stage == "train":  # this step's value, sent every ``log_every_n_steps`` (rank 0's batch)
+            if step_value:  # this step's value, sent every ``log_every_n_steps`` (rank 0's batch)
                 self.log(f"{key}_step", value, on_step=True, on_epoch=False, batch_size=batch_size)
             return
-        acc = self._eval_loss_sums.setdefault(key, torch.zeros(2, dtype=torch.float64, device=value.device))
-        acc += torch.stack([value.detach().double() * batch_size, value.new_tensor(batch_size, dtype=torch.float64)])
+        mean = self._eval_losses.get(key)
+        if mean is None:  # NaN as the fill value keeps a non-finite loss visible with its weight
+            mean = self._eval_losses[key] = MeanMetric(nan_strategy=math.nan).to(value.device)
+            mean.set_dtype(torch.float64)
+        mean.update(value.detach(), batch_size)
 
-    def _log_exact_losses(self, stage: str) -> None:
-        if self._world_size == 1 or not self.loss_bindings:
-            return
-        keys = [f"{stage}/loss/{b.name}" for b in self.loss_bindings] + [f"{stage}/loss"]
-        sums = torch.stack([self._eval_loss_sums.get(k, torch.zeros(2, dtype=torch.float64, device=self.device))
-                            .to(self.device) for k in keys])
-        self._eval_loss_sums.clear()
-        torch.distributed.all_reduce(sums)
-        for key, (total, count) in zip(keys, sums.tolist(), strict=True):
-            if count > 0:
-                self.log(key, total / count, prog_bar=key == f"{stage}/loss", sync_dist=False)
+    def _log_eval_losses(self, label: str) -> None:
+        """Log the epoch means of the losses under ``<label>/loss`` and drop them (every rank calls
+        ``compute``, which all-reduces the sums under DDP)."""
+        prefix = f"{label}/loss"
+        for key in [k for k in self._eval_losses if k == prefix or k.startswith(prefix + "/")]:
+            mean = self._eval_losses.pop(key)
+            self.log(key, mean.compute(), prog_bar=key == prefix, sync_dist=False)
 
     def _update_metrics(self, batch, outputs, stage: str) -> None:
         for b in self.metric_bindings:
@@ -297,11 +302,9 @@ class GraphModule(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._freeze_modes()
         for step in self.plan.steps:
-            hook = getattr(step.node, "on_epoch_start", None)
-            if hook is not None and step.name not in self.frozen:
-                hook(self.epoch_offset + self.current_epoch)
-            values = getattr(step.node, "logged_values", None)
-            for key, value in (values() if values is not None else {}).items():
+            if step.name not in self.frozen:
+                step.node.on_epoch_start(self.epoch_offset + self.current_epoch)
+            for key, value in step.node.logged_values().items():
                 self.log(f"train/{step.name}/{key}", float(value), on_step=False, on_epoch=True, sync_dist=False)
 
     def on_train_epoch_end(self) -> None:
@@ -323,13 +326,13 @@ class GraphModule(pl.LightningModule):
         return f"epoch {epoch}/{total} ({trainer.global_step} steps): {text or 'nothing logged'}"
 
     def on_validation_epoch_end(self) -> None:
-        self._log_exact_losses("val")
+        self._log_eval_losses("val")
         self._log_metrics("val")
         if self._trainer is not None and not self._trainer.sanity_checking:
             self._validated_epoch = self.current_epoch
 
     def on_test_epoch_end(self) -> None:
-        self._log_exact_losses(self.test_label)
+        self._log_eval_losses(self.test_label)
         self._log_metrics("test", self.test_label)
 
     def setup(self, stage: str) -> None:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cuvis_graph.core.flags import computed_flag
 from cuvis_graph.core.leaves import VisualizationNode
 from cuvis_graph.core.registry import register
 from cuvis_graph.io.render import false_colour, rgb_band_indices
@@ -88,7 +89,11 @@ class AnomalyHeatmap(VisualizationNode):
         self.max_images = int(max_images)
         self.figsize = tuple(figsize) if figsize is not None else self.figsize_default
         # an explicit label source makes the compiler resolve labels into batch["target"]
-        self.needs_labels = label_source is not None
+
+    @computed_flag(default=False)
+    def needs_labels(self) -> bool:
+        """Labels are read (and required) only with a ``label_source``."""
+        return self.label_source is not None
 
     def visualize(self, output: Any, batch: Mapping[str, Any], parent: Node) -> dict[str, Figure]:
         scores = score_maps(output, f"{type(self).__name__} '{self.name}'")

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cuvis_graph.core.flags import computed_flag
 from cuvis_graph.core.leaves import VisualizationNode
 from cuvis_graph.core.registry import register
 
@@ -85,7 +86,11 @@ class PCAVisualization(VisualizationNode):
             raise ValueError(f"max_points must be >= 1, got {max_points}")
         self.n_components, self.color_by, self.max_points = n_components, color_by, int(max_points)
         self.figsize = tuple(figsize) if figsize is not None else self.figsize_default
-        self.needs_labels = label_source is not None
+
+    @computed_flag(default=False)
+    def needs_labels(self) -> bool:
+        """Labels are read (and required) only with a ``label_source``."""
+        return self.label_source is not None
 
     def visualize(self, output: Any, batch: Mapping[str, Any], parent: Node) -> dict[str, Figure]:
         z = to_numpy(output)
