@@ -64,7 +64,7 @@ def stage_resume_checkpoint(run: Any, state: StageState, stage: StageConfig, ckp
 class RecordedCheckpointIO(AtomicCheckpointIO):
     """Atomic checkpoints; each ``last.ckpt`` written is noted in the stage state
     (``last_checkpoint_step``), so that a resume can tell a run that never had a checkpoint
-    from one whose checkpoint was lost (:func:`cuvis_graph.io.runs.resume_target`)."""
+    from one whose checkpoint was lost (:func:`cuvis_graph.io.run_resume.resume_target`)."""
 
     def __init__(self, state: StageState, stage: str) -> None:
         super().__init__()
