@@ -63,6 +63,18 @@ def _role(cls: type, kind: str) -> str:
     return kind
 
 
+def _label_parameter(cls: type) -> str:
+    """Which constructor argument names the labels, and its default (``batch.<key>``)."""
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        params = {}
+    for arg in ("label_source", "target"):
+        if arg in params and isinstance(params[arg].default, str):
+            return f"{arg}, default batch.{params[arg].default}"
+    return "label_source, default batch.mask"
+
+
 def _describe(name: str, cls: type) -> Entry:
     kind = kind_of(cls) or "other"
     doc = inspect.getdoc(cls) or ""
@@ -76,7 +88,7 @@ def _describe(name: str, cls: type) -> Entry:
         if types:
             entry.notes.append("parent: " + " | ".join(t.__name__ for t in types))
         if getattr(cls, "needs_labels", False):
-            entry.notes.append("needs labels (label_source, default batch.mask)")
+            entry.notes.append(f"needs labels ({_label_parameter(cls)})")
         rank = getattr(cls, "parent_output_rank", None)
         if rank is not None:
             entry.notes.append(f"parent output rank {rank}")
