@@ -173,7 +173,7 @@ def test_minmax_blocks_equal_numpy(dim: int) -> None:
     element-wise tiles, the extremes in the last, shorter chunk) equal numpy exactly, with and
     without row weights, and under an affine map (negative scales swap)."""
     rng = np.random.default_rng(dim)
-    n = 3 * (MINMAX_FLAT_VALUES if dim == 1 else max(1, MINMAX_TILE_VALUES * torch.get_num_threads() // dim)) + 17
+    n = 3 * (MINMAX_FLAT_VALUES if dim == 1 else max(1, MINMAX_TILE_VALUES // dim)) + 17
     x = rng.normal(size=(n, dim)).astype(np.float32)
     x[-1], x[-5] = 7.0, -7.0  # the extremes in the last, shorter chunk
     acc = MinMaxAccumulator(dim)

@@ -74,7 +74,7 @@ def test_scatter_of_column_halves_matches_numpy(dim: int, dtype) -> None:
     per-channel variance over several blocks (a shorter last one, two updates) equal numpy float64,
     and the covariance is exactly symmetric."""
     assert statistics.SPLIT_SCATTER_MIN_DIM == 32  # dims 31 / 32 straddle the switch
-    rows = 2 * (statistics.BLOCK_VALUES * torch.get_num_threads() // dim) + 37  # blocks scale with threads
+    rows = 2 * (statistics.BLOCK_VALUES // dim) + 37
     x = sample(rows, dim, seed=dim, scale=30.0, dtype=dtype)
     acc = stream(x, cuts=[rows // 3])
     reference = x.astype(np.float64)

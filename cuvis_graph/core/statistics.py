@@ -73,12 +73,8 @@ MINMAX_FLAT_VALUES = 1 << 20
 
 
 def _block_rows(device: torch.device, dim: int, values: int) -> int:
-    """Rows per block of ``dim``-channel rows: ``values // dim`` per CPU thread (each thread works on
-    its share of a block, in its own core's cache; fewer parallel regions), ``DEVICE_BLOCK_ROWS``
-    on accelerators."""
-    if device.type != "cpu":
-        return DEVICE_BLOCK_ROWS
-    return max(1, values * torch.get_num_threads() // dim)
+    """Rows per block of ``dim``-channel rows: ``values // dim`` on CPU, ``DEVICE_BLOCK_ROWS`` elsewhere."""
+    return max(1, values // dim) if device.type == "cpu" else DEVICE_BLOCK_ROWS
 
 
 def _as_rows(x: torch.Tensor, dim: int, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -368,7 +364,7 @@ def _column_min_max(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-column ``(min, max)`` of ``rows`` ``[N, C]`` (N >= 1), exact, in the input dtype; one read.
 
     CPU, ``C = 1``: ``aminmax`` over flat blocks of ``MINMAX_FLAT_VALUES``. CPU, ``C > 1``: chunks
-    of ``k = MINMAX_TILE_VALUES // C`` rows per thread are folded element-wise into two ``[k, C]`` tiles
+    of ``k = MINMAX_TILE_VALUES // C`` rows are folded element-wise into two ``[k, C]`` tiles
     (``lo = minimum(lo, chunk)``), which stay in cache; the tiles are reduced over rows at the end.
     Elsewhere: one ``aminmax(dim=0)`` kernel.
     """
@@ -378,7 +374,7 @@ def _column_min_max(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         parts = [torch.aminmax(block) for block in rows.reshape(-1).split(MINMAX_FLAT_VALUES)]
         lo, hi = torch.stack([p.min for p in parts]), torch.stack([p.max for p in parts])
         return lo.amin().reshape(1), hi.amax().reshape(1)
-    k = _block_rows(rows.device, rows.shape[1], MINMAX_TILE_VALUES)
+    k = max(1, MINMAX_TILE_VALUES // rows.shape[1])
     lo, hi = rows[:k].clone(), rows[:k].clone()
     for chunk in rows[k:].split(k):
         m = chunk.shape[0]  # the last chunk may be shorter: it folds into the first m rows
