@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -18,16 +17,12 @@ from cuvis_graph.core.node import Node, snake_case
 from cuvis_graph.core.plan import DataSpec, Plan
 from cuvis_graph.core.structure import GraphStructure, ParentLike, ParentRef
 from cuvis_graph.errors import CuvisGraphError, Problem
-from cuvis_graph.io.run_config import pipeline_summary
-from cuvis_graph.io.run_resume import open_run
-from cuvis_graph.io.runs import Run, RunSession
-from cuvis_graph.train.config import TrainingConfig, parse_config
-from cuvis_graph.train.distributed import RESUME_CKPT_ENV, RESUMING_ENV, RUN_DIR_ENV, worker_rank
-from cuvis_graph.train.quiet import quiet_lightning
-from cuvis_graph.train.results import TrainResult
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
+
+    from cuvis_graph.train.config import TrainingConfig
+    from cuvis_graph.train.results import TrainResult
 
 __all__ = ["Graph", "ParentRef"]
 
@@ -228,30 +223,14 @@ class Graph:
         ``pipeline_spec``: the resolved YAML pipeline, written to ``config.yaml``.
         ``training_config``: cuvis.ai name of ``config`` (give one of the two).
         """
-        from cuvis_graph.train.training import train_graph
+        from cuvis_graph.train import entry
 
         if training_config is not None:
             if config is not None:
                 raise TypeError("train: 'config' and 'training_config' name the same argument; give one")
             config = training_config
-        config = parse_config(TrainingConfig, config)
-        # graph and stage problems together, before any data or run directory
-        compile_graph(self, None, for_training=config.trains, stages=config.stages)
-        if run_dir is False:
-            with quiet_lightning():
-                return train_graph(self, datamodule, config, callbacks, refit, None)
-        joined = os.environ.get(RUN_DIR_ENV) or run_dir
-        if worker_rank() > 0 and joined:  # a DDP rank > 0: rank 0 owns the run directory
-            ckpt = os.environ.get(RESUME_CKPT_ENV)
-            worker = Run(Path(joined), self.name, resume_checkpoint=Path(ckpt) if ckpt else None,
-                         resuming=os.environ.get(RESUMING_ENV) == "1")
-            with quiet_lightning():
-                return train_graph(self, datamodule, config, callbacks, refit, None, worker_run=worker)
-        run = open_run(self.name, root=runs_root or config.run.root, run_dir=run_dir, resume=resume)
-        # the session checks a resume against the run's recorded config, then writes config.yaml
-        with RunSession(run, config.model_dump(mode="json"), pipeline_spec or pipeline_summary(self)) as session, \
-                quiet_lightning():
-            return train_graph(self, datamodule, config, callbacks, refit, session)
+        return entry.train(self, datamodule, config, callbacks=callbacks, refit=refit, run_dir=run_dir,
+                           runs_root=runs_root, resume=resume, pipeline_spec=pipeline_spec)
 
     def test(self, datamodule: Any, split: Literal["auto", "test", "val"] = "auto", *, accelerator: str = "auto",
              precision: str | int = "32-true") -> dict[str, float]:
@@ -260,10 +239,9 @@ class Graph:
         test at the end of :meth:`train`. ``split="auto"``: the test split, or the validation
         split when there is none. Returns ``{"<split>/<leaf>/<metric>": value, "<split>/loss": ...}``.
         """
-        from cuvis_graph.train.training import evaluate_graph
+        from cuvis_graph.train import entry
 
-        with quiet_lightning():
-            return evaluate_graph(self, datamodule, split, accelerator=accelerator, precision=precision)
+        return entry.test(self, datamodule, split, accelerator=accelerator, precision=precision)
 
     # -- save / load / export (see cuvis_graph.io.saving, cuvis_graph.io.export) ---------------------
     def save(self, path: str | os.PathLike) -> Any:
