@@ -82,6 +82,12 @@ class MinMaxNormalizer(_AffineMixin, Node):
         """Per-channel statistics can absorb a fitted affine parent (see cuvis_graph.core.fitting)."""
         return ("x",) if self.per_channel else ()
 
+    @computed_flag(default=True)
+    def affine_once_fitted(self) -> bool:
+        """Fitted min/max make it ``y = a x + b`` (trainable gamma/beta included); scaling each
+        batch by its own min/max is not one fixed map."""
+        return self.use_running_stats
+
     def input_channels(self) -> int | None:
         return int(self.min.numel()) if self.per_channel and self.min.numel() else None
 
@@ -142,6 +148,8 @@ class StandardNormalizer(_AffineMixin, Node):
     INPUTS = {"x": PortSpec(CUBE, batch_key="cube", description="cube")}
     OUTPUTS = {"out": PortSpec(CUBE, description="standardized cube")}
     statistical = True
+    #: fitted, it is ``y = a x + b`` per channel (or one ``a, b`` for all channels)
+    affine_once_fitted = True
 
     def __init__(self, eps: float = 1e-6, per_channel: bool = True, affine: bool = False,
                  name: str | None = None) -> None:

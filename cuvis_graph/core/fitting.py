@@ -3,8 +3,10 @@
 Nodes are fitted level by level (see :meth:`Plan.statistical_levels`): pass ``k`` runs
 the executor on the already-fitted ancestors of level-``k`` nodes and folds their inputs
 into the nodes' accumulators. Number of passes = number of statistical depth levels.
-Fitted per-channel affine parents (normalizers) of a node that accepts it are folded into
-its statistics instead of being run (:func:`fold_affine_parents`).
+Per-channel affine parents (normalizers, ``affine_once_fitted``) of a node that accepts it
+are folded into its statistics instead of being run (:func:`fold_affine_parents`); an
+unfitted one is fitted in the same pass: both accumulate the same raw rows, and a level's
+nodes are finalized in topological order, each child after the parents whose maps it folds.
 Everything runs under ``torch.no_grad()`` with autocast disabled (a ``bf16-mixed`` run or a
 caller's own autocast never lowers the precision of what the float64 accumulators see);
 nothing is concatenated. Under DDP each rank
@@ -24,7 +26,7 @@ import torch
 from tqdm import tqdm  # plain text bars: tqdm.auto wants ipywidgets in notebooks
 
 from cuvis_graph.core.executor import Executor
-from cuvis_graph.core.plan import Plan, Source, Step
+from cuvis_graph.core.plan import Plan, Step
 from cuvis_graph.core.statistics import Accumulator, StatisticsError
 
 __all__ = ["fit_statistics", "FitReport", "move_batch"]
@@ -69,32 +71,34 @@ def _slices(batch: Mapping[str, Any], max_pixels: int | None = None) -> Iterable
         yield {k: v[i:i + step] if _per_sample(k, v, b) else v for k, v in batch.items()}
 
 
-def fold_affine_parents(plan: Plan, step: Step) -> tuple[Step, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-    """``step`` with the ports it lists in ``folds_affine_inputs`` rewired past fitted affine parents.
+def fold_affine_parents(plan: Plan, step: Step) -> tuple[Step, dict[str, list[str]]]:
+    """``step`` with the ports it lists in ``folds_affine_inputs`` rewired past affine parents.
 
-    A parent with ``affine_coefficients() -> (a, b)`` (per channel, e.g. a fitted normalizer)
-    maps ``x -> a x + b``; a chain of them composes to one ``(a, b)``. The statistics pass then
-    feeds the node the chain's input and transforms its accumulators afterwards
-    (``Accumulator.affine_``: ``mean' = a mean + b``, ``Sigma' = diag(a) Sigma diag(a)``), so
-    the normalized cube is never materialised. Returns the rewired step and ``(a, b)`` per port.
+    A parent declaring ``affine_once_fitted`` maps ``x -> a x + b`` per channel once fitted;
+    the statistics pass feeds the node the input of the chain of such parents
+    (:meth:`Plan.affine_chain`) and, when the parents are fitted, transforms its accumulators
+    with the chain's composed map (:func:`affine_maps`), so the normalized cube is never
+    materialised. Returns the rewired step and the chain (nearest parent first) per port.
     """
-    inputs = dict(step.inputs)
+    inputs, chains = plan.folded_inputs(step.name)
+    return (Step(step.name, step.node, inputs) if chains else step), chains
+
+
+def affine_maps(plan: Plan, chains: Mapping[str, list[str]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The composed ``(a, b)`` per port of fitted chains of affine parents (nearest first):
+    ``y = a x + b`` from the chain's input ``x``; each parent gives ``affine_coefficients()``."""
     maps: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for port in step.node.folds_affine_inputs:
-        source = inputs.get(port)
+    for port, chain in chains.items():
         a = b = None
-        while isinstance(source, Source) and source.kind == "node":
-            parent = plan.step(source.key)
-            coefficients = parent.node.affine_coefficients()
-            upstream = list(parent.inputs.values())
-            if coefficients is None or len(upstream) != 1 or not isinstance(upstream[0], Source):
-                break
+        for name in chain:
+            coefficients = plan.step(name).node.affine_coefficients()
+            if coefficients is None:
+                raise StatisticsError(f"node '{name}' declares affine_once_fitted but gives no affine "
+                                      "coefficients after its fit")
             pa, pb = coefficients
             a, b = (pa, pb) if a is None else (a * pa, a * pb + b)  # y = a (pa x + pb) + b
-            source = upstream[0]
-        if a is not None:
-            inputs[port], maps[port] = source, (a, b)
-    return (Step(step.name, step.node, inputs) if maps else step), maps
+        maps[port] = (a, b)
+    return maps
 
 
 def _sources_ancestors(plan: Plan, steps: Iterable[Step]) -> set[str]:
@@ -162,7 +166,8 @@ def fit_statistics(
         for name in names:
             if name not in accumulators:
                 raise RuntimeError(f"statistical node '{name}' saw no data: the training loader is empty")
-            for a, b in folded[name][1].values():  # the node's accumulators all hold that port's rows
+            # the parents folded are fitted by now (earlier levels, or earlier in this one)
+            for a, b in affine_maps(plan, folded[name][1]).values():  # all accumulators hold that port's rows
                 for acc in accumulators[name].values():
                     acc.affine_(a, b)
             for acc in accumulators[name].values():

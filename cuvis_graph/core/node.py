@@ -121,6 +121,10 @@ class Node(RecordsInit, nn.Module):
             it as the mask, never as the score map).
         folds_affine_inputs: input ports whose statistics may absorb a fitted affine parent
             (:func:`cuvis_graph.core.fitting.fold_affine_parents`); empty: none.
+        affine_once_fitted: once fitted, the node is a per-channel affine map ``y = a x + b``
+            of its single input (:meth:`affine_coefficients`). A statistical child that folds
+            it is then fitted in the same data pass: both accumulate the raw rows, the parent
+            is finalized first and its ``(a, b)`` transforms the child's accumulators.
 
     Methods with defaults:
         :meth:`input_channels`: the channel count C the node has taken from its input.
@@ -139,6 +143,8 @@ class Node(RecordsInit, nn.Module):
     is_decider: ClassVar[bool] = False
     #: Input ports whose accumulated statistics may fold a fitted affine parent in.
     folds_affine_inputs: ClassVar[tuple[str, ...]] = ()
+    #: True when the fitted node is a per-channel affine map of its one input (foldable by children).
+    affine_once_fitted: ClassVar[bool] = False
 
     def __init__(self, name: str | None = None) -> None:
         super().__init__()

@@ -89,16 +89,55 @@ class Plan:
         used = {p for ps in self.parents.values() for p in ps}
         return [s.name for s in self.steps if s.name not in used]
 
+    def affine_chain(self, source: Source) -> tuple[list[str], Source]:
+        """The nodes declaring ``affine_once_fitted`` that ``source`` reaches through, nearest
+        first, each read from its one input, and the source feeding the last of them: the
+        chain a child folding ``source``'s port accumulates past (``([], source)``: none)."""
+        chain: list[str] = []
+        while source.kind == "node":
+            parent = self.step(source.key)
+            upstream = list(parent.inputs.values())
+            if not parent.node.affine_once_fitted or len(upstream) != 1 or not isinstance(upstream[0], Source):
+                break
+            chain.append(parent.name)
+            source = upstream[0]
+        return chain, source
+
+    def folded_inputs(self, name: str) -> tuple[dict[str, Source | list[Source]], dict[str, list[str]]]:
+        """Node ``name``'s inputs with each port it lists in ``folds_affine_inputs`` rewired past
+        its :meth:`affine_chain`, and that chain per rewired port."""
+        step = self.step(name)
+        inputs, chains = dict(step.inputs), {}
+        for port in step.node.folds_affine_inputs:
+            source = inputs.get(port)
+            if isinstance(source, Source):
+                chain, base = self.affine_chain(source)
+                if chain:
+                    inputs[port], chains[port] = base, chain
+        return inputs, chains
+
     def statistical_levels(self, refit: bool | Iterable[str] = False) -> list[list[str]]:
-        """Nodes to fit grouped by statistical depth: a node's level is 1 + the highest
-        level among its statistical ancestors that still need fitting (fitted ones count 0).
-        One data pass fits one level. ``refit``: fit fitted nodes again (all, or those named)."""
+        """Nodes to fit grouped by statistical depth; one data pass fits one level.
+
+        A node's level is 1 + the highest level among the statistical ancestors that still need
+        fitting (fitted ones count 0), except for the affine parents it folds (see
+        :meth:`folded_inputs`): reached only through such a chain, a parent shares the node's
+        level, since the node accumulates the chain's raw input and the parent's fitted map is
+        applied to its accumulators afterwards. ``refit``: fit fitted nodes again (all, or those
+        named). Within a level, names are in topological order (the order of finalization)."""
         again = None if isinstance(refit, bool) else set(refit)
         todo = {s.name for s in self.steps if s.node.statistical
                 and (not s.node.is_fitted or (refit is True) or (again is not None and s.name in again))}
         level: dict[str, int] = {}
         for s in self.steps:  # topological order
-            if s.name in todo:
-                level[s.name] = 1 + max((level[a] for a in self.ancestors([s.name]) if a in level), default=0)
+            if s.name not in todo:
+                continue
+            inputs, chains = self.folded_inputs(s.name)
+            read = {src.key for value in inputs.values()
+                    for src in (value if isinstance(value, list) else [value]) if src.kind == "node"}
+            upstream = read | self.ancestors(read)
+            folded = {p for chain in chains.values() for p in chain}
+            level[s.name] = max(max((level[a] for a in folded if a in level), default=1),
+                                1 + max((level[a] for a in upstream if a in level), default=0))
         depth = max(level.values(), default=0)
         return [[n for n in self.node_names if level.get(n) == d] for d in range(1, depth + 1)]
