@@ -21,7 +21,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from cuvis_graph.core.fitting import FitReport, fit_statistics
+from cuvis_graph.core.fitting import FitReport
 from cuvis_graph.core.plan import Plan
 from cuvis_graph.errors import ConfigError
 from cuvis_graph.monitors.hub import MonitorHub, MonitorLogger
@@ -32,7 +32,6 @@ from cuvis_graph.train.callbacks import (
     build_callbacks,
 )
 from cuvis_graph.train.config import StageConfig, TrainingConfig
-from cuvis_graph.train.ddp_statistics import statistics_task
 from cuvis_graph.train.evaluation import floats, run_validation
 from cuvis_graph.train.lightning import GraphModule
 from cuvis_graph.train.run_checkpoints import (
@@ -42,10 +41,10 @@ from cuvis_graph.train.run_checkpoints import (
     stage_resume_checkpoint,
 )
 from cuvis_graph.train.stage_state import StageState
+from cuvis_graph.train.statistics_init import fit_for_training, statistics_task
 from cuvis_graph.train.trainability import (
     Trainability,
     refit_names,
-    set_stage_modes,
     trainable_names,
 )
 
@@ -128,10 +127,8 @@ class StageRunner:
         pl.seed_everything(self.config.seed + index, workers=True, verbose=False)
         names = refit_names(self.plan, stage)
         if names and not self.distributed:  # (under DDP the refit runs inside the fit, on every rank)
-            set_stage_modes(self.plan, frozen)
-            fit_statistics(self.plan, self.loader, device=self.device, refit=names, progress=self.progress)
-            for name in names:
-                self.plan.step(name).node.prepare_for_train()
+            fit_for_training(self.plan, self.loader, device=self.device, refit=names, progress=self.progress,
+                             init=False, modes=frozen)
             frozen = self.trainability.apply(stage)  # refitting may have created parameters
         self.state.start(stage.name, step_offset, epoch_offset, refit=names,
                          trainable=trainable_names(self.plan, frozen) if stage.max_epochs else [])

@@ -33,7 +33,7 @@ split or the model save) resumes to those steps and keeps its recorded metrics a
 
 The parts: one stage in :mod:`~cuvis_graph.train.stages`, freezing in
 :mod:`~cuvis_graph.train.trainability`, the DDP statistics task in
-:mod:`~cuvis_graph.train.ddp_statistics`, checkpoints and shipped weights in
+:mod:`~cuvis_graph.train.statistics_init`, checkpoints and shipped weights in
 :mod:`~cuvis_graph.train.run_checkpoints`, validation / test passes in
 :mod:`~cuvis_graph.train.evaluation`.
 """
@@ -49,18 +49,13 @@ from typing import TYPE_CHECKING, Any
 import lightning.pytorch as pl
 import torch
 
-from cuvis_graph.core.fitting import FitReport, fit_statistics
+from cuvis_graph.core.fitting import FitReport
 from cuvis_graph.core.plan import Plan
 from cuvis_graph.data.datamodule import statistics_loader
 from cuvis_graph.io.run_config import pipeline_summary
 from cuvis_graph.monitors.hub import MonitorHub
 from cuvis_graph.train.compat import plugin_monitors
 from cuvis_graph.train.config import TrainingConfig
-from cuvis_graph.train.ddp_statistics import (
-    check_batches_per_process,
-    loader_length,
-    statistics_task,
-)
 from cuvis_graph.train.distributed import (
     RESUME_CKPT_ENV,
     RESUMING_ENV,
@@ -87,6 +82,12 @@ from cuvis_graph.train.run_checkpoints import (
 from cuvis_graph.train.run_files import RunFiles
 from cuvis_graph.train.stage_state import StageState
 from cuvis_graph.train.stages import StageRunner
+from cuvis_graph.train.statistics_init import (
+    check_batches_per_process,
+    fit_for_training,
+    loader_length,
+    statistics_task,
+)
 from cuvis_graph.train.trainability import Trainability
 
 if TYPE_CHECKING:
@@ -160,11 +161,7 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
     root = str(run.path / "lightning") if run is not None else "runs/lightning"
     refit_now = refit if restore is None else False
     if not distributed:
-        for step in plan.steps:
-            step.node.to(device)
-        fits.append(fit_statistics(plan, loader, device=device, refit=refit_now, progress=progress))
-        for step in plan.steps:
-            step.node.prepare_for_train()
+        fits.append(fit_for_training(plan, loader, device=device, refit=refit_now, progress=progress, init=True))
     elif restore is None:  # every rank fits its shard inside a 0-epoch Lightning fit (process group up)
         module.setup_task = statistics_task(plan, loader, refit_now, progress, fits, init=True)
         pl.Trainer(**{**kwargs, "max_epochs": 0}, logger=False, enable_checkpointing=False,

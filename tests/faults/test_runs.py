@@ -327,21 +327,21 @@ def test_nan_injected_in_weights_fails_naming_the_node(where, workdir, capsys, m
 
 # -- signals ---------------------------------------------------------------------------------------
 def test_sigterm_during_statistical_init_records_terminated_and_exits_143(workdir, capsys, monkeypatch):
-    from cuvis_graph.train import training
-    fit = training.fit_statistics
+    from cuvis_graph.train import statistics_init
+    fit = statistics_init.fit_statistics
 
     def terminated(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)  # delivered to this (main) thread at the next instruction
         return fit(*args, **kwargs)
 
-    monkeypatch.setattr(training, "fit_statistics", terminated)
+    monkeypatch.setattr(statistics_init, "fit_statistics", terminated)
     outcome = cli([*TRAIN, "training.trainer.max_epochs=1"], capsys)
     (run_dir,) = (workdir / "runs" / "selector_rx_bce").iterdir()
     assert outcome.rc == 143 and "Traceback" not in outcome.err
     assert "terminated by SIGTERM" in outcome.err and str(run_dir) in outcome.err
     assert raw_status(run_dir) == "terminated"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler does not outlive the run
-    monkeypatch.setattr(training, "fit_statistics", fit)
+    monkeypatch.setattr(statistics_init, "fit_statistics", fit)
     assert cli([*TRAIN, "training.trainer.max_epochs=1", "--resume", run_dir], capsys).rc == 0  # starts over
     record = read_run_json(run_dir)
     assert [a["status"] for a in record["attempts"]] == ["terminated", "completed"]
