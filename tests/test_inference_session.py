@@ -196,3 +196,30 @@ def test_executor_hook_sees_every_step_in_order_and_keep_releases_the_rest() -> 
     assert all(torch.equal(out, next(iter(full[name].values()))) for name, _, out in seen)
     assert list(kept) == ["rx"] and torch.equal(kept["rx"]["scores"], full["rx"]["scores"])
     assert executor.last_use() == {"norm": 1, "probe": 2, "rx": 2}
+
+
+def test_train_save_predictions_compiles_once_and_equals_predict(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cuvis-graph train --save-predictions``: one compile for all batches, the scores of
+    :meth:`Graph.predict` on each scene."""
+    from types import SimpleNamespace
+
+    from cuvis_graph.cli.train_commands import _save_predictions
+
+    scenes = np.stack([_scene(s, 9, 7) for s in range(5)])  # 5 scenes, batches of 2: 3 batches
+    graph = _fitted_rx(scenes[0])
+    datamodule = GraphDataModule.from_arrays(scenes, batch_size=2, val_on_train=True)
+    datamodule.setup("predict")
+    expected = np.concatenate([graph.predict(torch.as_tensor(s))["rx"][None].numpy() for s in scenes])
+    calls: list[str] = []
+    real = compiler.compile_graph
+
+    def counting(*args, **kwargs):
+        calls.append("compile")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "compile_graph", counting)
+    path = _save_predictions(SimpleNamespace(graph=graph, datamodule=datamodule), tmp_path)
+    assert calls == ["compile"]
+    with np.load(path) as saved:
+        np.testing.assert_allclose(saved["rx"], expected, rtol=1e-6)

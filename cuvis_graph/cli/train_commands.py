@@ -22,11 +22,15 @@ def _save_predictions(pipeline: Any, run_dir: Path) -> Path:
     import numpy as np
     import torch
 
+    from cuvis_graph.core.inference import InferenceSession
+
     dm = pipeline.datamodule
     loader = dm.predict_dataloader() if hasattr(dm, "predict_dataloader") else dm.val_dataloader()
     arrays: dict[str, list[np.ndarray]] = {}
+    session = None  # compiled once, for the batches of this loader
     for batch in loader:
-        outputs = pipeline.graph.predict(batch)
+        session = session or InferenceSession.for_batch(pipeline.graph, batch)
+        outputs = session.predict(batch)
         for name, tensor in outputs.items():
             arrays.setdefault(name, []).append(tensor.detach().cpu().numpy())
         if isinstance(batch.get("mask"), torch.Tensor):
