@@ -3,8 +3,8 @@
 Measured in one run, interleaved, medians of ``--repeats``:
 
 * ``init minmax``: ``graph.train(max_epochs=0)`` fitting MinMaxNormalizer -> RXGlobal over
-  N pixels: two streaming passes (per-channel min/max; then the normalizer forward and the
-  float64 shifted scatter of its output);
+  N pixels: one streaming pass (per-channel min/max and the float64 shifted scatter of the raw
+  rows; the fitted normalizer is folded into RX's moments afterwards);
 * ``init standard``: the same with StandardNormalizer (pass 1: float64 per-channel moments);
 * ``gram``: one float64 ``X^T X`` of the same N x C pixels, already float64 and in memory.
 

@@ -3,7 +3,7 @@
 Measured in one run, interleaved, medians of ``--repeats``:
 
 * (a) ``init``: statistical init of MinMaxNormalizer -> RXGlobal (``graph.train`` with
-  ``max_epochs=0``; two passes), against ``mean+cov``: a hand-written torch float64 mean
+  ``max_epochs=0``; one pass: the normalizer is folded into RX's moments), against ``mean+cov``: a hand-written torch float64 mean
   and covariance ``(X - mu)^T (X - mu) / (N - 1)`` of the same training pixels (float32 in
   memory, converted inside the timed call);
 * (b) ``train``: ``graph.train`` with 2 epochs of MinMaxNormalizer -> SoftChannelSelector
