@@ -296,4 +296,9 @@ def _data_spec(datamodule: Any) -> DataSpec | None:
         return datamodule
     if hasattr(datamodule, "data_spec"):
         return datamodule.data_spec()
-    raise TypeError(f"expected a GraphDataModule or DataSpec, got {type(datamodule).__name__}")
+    if hasattr(datamodule, "train_dataloader"):  # e.g. a LightningDataModule: learn C from one batch
+        from cuvis_graph.data.datamodule import spec_from_first_batch
+
+        return spec_from_first_batch(datamodule)
+    raise TypeError(f"expected a GraphDataModule, a datamodule with train_dataloader() or a DataSpec, "
+                    f"got {type(datamodule).__name__}")

@@ -38,7 +38,8 @@ from cuvis_graph.data.checks import (
 )
 from cuvis_graph.train.distributed import ShardSampler, distributed_shape
 
-__all__ = ["GraphDataModule", "ArrayDataModule", "CubeDataset", "collate_cubes", "statistics_loader"]
+__all__ = ["GraphDataModule", "ArrayDataModule", "CubeDataset", "collate_cubes", "statistics_loader",
+           "spec_from_first_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -326,3 +327,30 @@ class ArrayDataModule(GraphDataModule):
         self.batch_keys = frozenset({"cube"} | ({"mask"} if masks is not None else set())
                                     | ({"wavelengths"} if wavelengths is not None else set()))
         self.wavelengths = None if wavelengths is None else np.asarray(wavelengths, dtype=np.float32)
+
+
+def spec_from_first_batch(datamodule: Any) -> DataSpec:
+    """The :class:`DataSpec` of a datamodule that declares none (e.g. a plain Lightning
+    ``LightningDataModule``): channels ``C`` of the first training batch's ``cube [B, H, W, C]``,
+    its keys as they are (``x``/``labels`` are read as ``cube``/``mask`` by ``GraphDataModule``
+    only), and its ``wavelengths`` when present. Reads one batch."""
+    name = type(datamodule).__name__
+    where = f"{name}.train_dataloader()"
+    try:
+        batch = next(iter(datamodule.train_dataloader()), None)
+    except Exception as exc:  # a loader that needs setup(), a missing file...
+        raise DataError(f"{where}: could not read the first training batch to learn the channel count "
+                        f"({type(exc).__name__}: {exc}); call setup('fit') first, or use a GraphDataModule "
+                        "that declares n_channels") from exc
+    if batch is None:
+        raise DataError(f"{where}: the training loader is empty, so the channel count cannot be learnt from it")
+    canonical_batch(batch, where)  # a batch that is not a dict: one clear error
+    if "cube" not in batch and "x" in batch and not isinstance(datamodule, GraphDataModule):
+        raise DataError(f"{where}: batches of a {name} need the key 'cube' (and 'mask' for labels); the names "
+                        "'x'/'labels' are read as those by GraphDataModule subclasses only")
+    cube = batch.get("cube")
+    if not hasattr(cube, "shape") or len(cube.shape) < 1:
+        raise DataError(f"{where}: the first batch has no 'cube' tensor [B, H, W, C] (keys: {sorted(batch)})")
+    wavelengths = batch.get("wavelengths")
+    wl = None if wavelengths is None else tuple(float(w) for w in np.asarray(wavelengths).reshape(-1))
+    return DataSpec(n_channels=int(cube.shape[-1]), batch_keys=frozenset(batch), wavelengths=wl)
