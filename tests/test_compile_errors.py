@@ -374,3 +374,22 @@ def test_describe_of_a_broken_graph_still_lists_nodes():
     table = g.describe()
     assert "head" in table and "RXLogitHead" in table
     assert "does not compile: 1 problem(s)" in table
+
+
+def test_a_graph_fitted_for_other_channels_is_refused_once_naming_both_counts() -> None:
+    """A fitted normalizer -> RX, validated or run on data of another channel count: one problem
+    at the first fitted node (its children are checked as if it had got its C)."""
+    from cuvis_graph import TrainerConfig, TrainingConfig
+    from cuvis_graph.data import SyntheticHSIDataModule
+
+    graph = Graph("fitted")
+    graph.add_node(RXGlobal(), parent=graph.add_node(MinMaxNormalizer(), name="norm"), name="rx")
+    data = SyntheticHSIDataModule(n_train=2, n_val=1, n_test=0, height=8, width=8, n_bands=6)
+    graph.train(data, TrainingConfig(trainer=TrainerConfig(max_epochs=0, enable_progress_bar=False)), run_dir=False)
+    graph.validate(DataSpec(n_channels=6))  # its own C: no problem
+    with pytest.raises(CompileError) as info:
+        graph.validate(DataSpec(n_channels=4))
+    assert [p.where for p in info.value.problems] == ["node 'norm' port 'x'"]
+    assert "fitted for 6 input channels, here it gets 4" in str(info.value)
+    with pytest.raises(CompileError, match="fitted for 6 input channels, here it gets 5"):
+        graph.predict(torch.rand(8, 8, 5))

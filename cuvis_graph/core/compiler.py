@@ -165,12 +165,28 @@ class _Compiler:
                 if any(g is None for g in got):
                     continue
                 in_dims[port] = got if isinstance(src, list) else got[0]
+            in_dims = self.check_fitted_channels(name, in_dims)
             try:
                 dims[name] = node.infer_output_dims(in_dims)
             except DimensionMismatch as exc:
                 self.add(_node_where(name), f"shape mismatch: {exc}")
                 dims[name] = {p: tuple(None for _ in s.dims) for p, s in node.output_specs.items()}
         return dims
+
+    def check_fitted_channels(self, name: str, in_dims: dict[str, object]) -> dict[str, object]:
+        """A node fitted (or built) for ``C`` input channels, fed another ``C`` here (one input
+        port whose last dim is known) is a problem; the node's children are then checked as if
+        it had got its ``C``, so one mismatch is reported once."""
+        fitted = self.nodes[name].input_channels()
+        if fitted is None or len(in_dims) != 1:
+            return in_dims
+        (port, port_dims), = in_dims.items()
+        given = port_dims[-1] if isinstance(port_dims, tuple) and port_dims else None
+        if not isinstance(given, int) or given == fitted:
+            return in_dims
+        self.add(_node_where(name, port), f"was fitted for {fitted} input channels, here it gets {given} "
+                 "(data of another sensor or band selection?)")
+        return {port: (*port_dims[:-1], fitted)}
 
     @staticmethod
     def source_dims(src: Source, dims: dict, n_channels: int | None) -> tuple | None:
