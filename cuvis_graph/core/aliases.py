@@ -3,7 +3,9 @@
 :data:`ARGUMENT_ALIASES` is the one table: ``{class name: {alternative: primary}}``. A
 class listed there (or whose base is) accepts ``Class(alternative=value)`` as
 ``Class(primary=value)``; the primary name is what is stored, saved and shown by
-``hparams()``. Giving both names of one argument is an error naming them.
+``hparams()``. Giving both names of one argument is an error naming them. The
+alternative name also reads the value back (``viz.max_samples`` is ``viz.max_points``)
+unless the class already defines that attribute.
 
 :class:`CallableBool` lets a flag read both as a method and as a property:
 ``node.is_trainable()`` and ``if node.is_trainable:`` give the same answer.
@@ -51,11 +53,13 @@ def _rename(cls: type, aliases: Mapping[str, str], kwargs: dict[str, Any]) -> di
 
 
 def install_argument_aliases(cls: type) -> None:
-    """Wrap ``cls.__init__`` (when ``cls`` defines one) to accept the table's alternative names."""
-    if "__init__" not in cls.__dict__:
-        return
+    """Wrap ``cls.__init__`` (when ``cls`` defines one) to accept the table's alternative names,
+    and give each alternative name not yet defined on ``cls`` a read-only property."""
     aliases = aliases_for(cls)
-    if not aliases:
+    for alternative, primary in aliases.items():
+        if not hasattr(cls, alternative):
+            setattr(cls, alternative, _read_alias(alternative, primary))
+    if "__init__" not in cls.__dict__ or not aliases:
         return
     original = cls.__dict__["__init__"]
 
@@ -64,6 +68,15 @@ def install_argument_aliases(cls: type) -> None:
         original(self, *args, **_rename(type(self), aliases, kwargs))
 
     cls.__init__ = __init__
+
+
+def _read_alias(alternative: str, primary: str) -> property:
+    def getter(self: Any) -> Any:
+        return getattr(self, primary)
+
+    getter.__name__ = alternative
+    getter.__doc__ = f"cuvis.ai name of :attr:`{primary}` (read-only)."
+    return property(getter)
 
 
 class CallableBool:
