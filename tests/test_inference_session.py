@@ -140,41 +140,42 @@ def test_a_raising_node_is_named_with_its_input_shapes() -> None:
     assert info.value is own
 
 
-def test_predict_tiled_compiles_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    cube = _scene(3, 29, 22)
-    graph = _fitted_rx(cube)
-    whole = graph.predict(cube)["rx"].numpy()
+@pytest.fixture
+def compiles(monkeypatch: pytest.MonkeyPatch) -> list[DataSpec | None]:
+    """The data spec of every compile an inference session makes (and of direct compiles)."""
     calls: list[DataSpec | None] = []
+    real = compiler.compile_graph
 
     def counting(*args, **kwargs):
         calls.append(args[1] if len(args) > 1 else kwargs.get("data"))
-        return compiler.compile_graph(*args, **kwargs)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(inference, "compile_graph", counting)
+    monkeypatch.setattr(compiler, "compile_graph", counting)
+    return calls
+
+
+def test_predict_tiled_compiles_once(compiles: list) -> None:
+    cube = _scene(3, 29, 22)
+    graph = _fitted_rx(cube)
+    whole = graph.predict(cube)["rx"].numpy()
+    compiles.clear()
     stitched = predict_tiled(graph, cube, tile=8, overlap=3, output="rx", batch_size=2)  # 20 tiles, 10 batches
-    assert len(calls) == 1 and calls[0].n_channels == 4
+    assert len(compiles) == 1 and compiles[0].n_channels == 4
     assert np.array_equal(stitched, whole)
 
 
-def test_file_prediction_compiles_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_file_prediction_compiles_once(tmp_path: Path, compiles: list) -> None:
     scenes = [_scene(s, 9, 7) for s in range(3)]
     graph = _fitted_rx(scenes[0])
     folder = tmp_path / "scenes"
     folder.mkdir()
     for i, scene in enumerate(scenes):
         np.save(folder / f"s{i}.npy", scene)
-    calls: list[str] = []
-    real = compiler.compile_graph
-
-    def counting(*args, **kwargs):
-        calls.append("compile")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(inference, "compile_graph", counting)
-    monkeypatch.setattr(compiler, "compile_graph", counting)
+    compiles.clear()
     summary = predict_files(graph, [folder], tmp_path / "out", progress=False, overlay=False)
     assert [r.status for r in summary.results] == ["ok"] * 3
-    assert calls == ["compile"]
+    assert len(compiles) == 1
     for i, scene in enumerate(scenes):
         expected = graph.predict(scene)["rx"][..., 0].numpy()
         assert np.array_equal(np.load(tmp_path / "out" / f"s{i}" / "scores.npy"), expected)
@@ -198,8 +199,7 @@ def test_executor_hook_sees_every_step_in_order_and_keep_releases_the_rest() -> 
     assert executor.last_use() == {"norm": 1, "probe": 2, "rx": 2}
 
 
-def test_train_save_predictions_compiles_once_and_equals_predict(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_save_predictions_compiles_once_and_equals_predict(tmp_path: Path, compiles: list) -> None:
     """``cuvis-graph train --save-predictions``: one compile for all batches, the scores of
     :meth:`Graph.predict` on each scene."""
     from types import SimpleNamespace
@@ -211,15 +211,8 @@ def test_train_save_predictions_compiles_once_and_equals_predict(tmp_path: Path,
     datamodule = GraphDataModule.from_arrays(scenes, batch_size=2, val_on_train=True)
     datamodule.setup("predict")
     expected = np.concatenate([graph.predict(torch.as_tensor(s))["rx"][None].numpy() for s in scenes])
-    calls: list[str] = []
-    real = compiler.compile_graph
-
-    def counting(*args, **kwargs):
-        calls.append("compile")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(inference, "compile_graph", counting)
+    compiles.clear()
     path = _save_predictions(SimpleNamespace(graph=graph, datamodule=datamodule), tmp_path)
-    assert calls == ["compile"]
+    assert len(compiles) == 1
     with np.load(path) as saved:
         np.testing.assert_allclose(saved["rx"], expected, rtol=1e-6)

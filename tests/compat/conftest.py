@@ -55,3 +55,26 @@ def datamodule() -> CuvisStyleDataModule:
 def _runs_in_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("CUVIS_GRAPH_RUNS_ROOT", str(tmp_path / "runs"))
     monkeypatch.chdir(tmp_path)
+
+
+#: A value for each primary argument that ARGUMENT_ALIASES renames.
+ALIAS_VALUES = {"log_frequency": 3, "cmap": "viridis", "bins": 7, "max_points": 11, "n_components": 2,
+                "weights": {"a": 1.0}, "root": "somewhere"}
+
+
+@pytest.fixture
+def alias_cases() -> list[tuple[str, type, str, str, object]]:
+    """``(class name, class, alternative, primary, value)`` for every entry of ARGUMENT_ALIASES
+    whose class is in the catalog or the monitors."""
+    import cuvis_graph.nodes as nodes
+
+    import cuvis_graph.monitors as monitors
+    from cuvis_graph.core.aliases import ARGUMENT_ALIASES
+
+    cases = []
+    for cls_name, table in ARGUMENT_ALIASES.items():
+        cls = getattr(nodes, cls_name, None) or getattr(monitors, cls_name, None)
+        if cls is not None:
+            cases += [(cls_name, cls, alternative, primary, ALIAS_VALUES[primary])
+                      for alternative, primary in table.items()]
+    return cases

@@ -8,26 +8,18 @@ import cuvis_graph.nodes as nodes
 import pytest
 
 import cuvis_graph.monitors as monitors
-from cuvis_graph.core.aliases import ARGUMENT_ALIASES
-
-VALUES = {"log_frequency": 3, "cmap": "viridis", "bins": 7, "max_points": 11, "n_components": 2,
-          "weights": {"a": 1.0}, "root": "somewhere"}
 
 
-def test_an_alternative_name_reads_the_value_given_under_it(tmp_path):
+def test_an_alternative_name_reads_the_value_given_under_it(tmp_path, alias_cases):
     checked = 0
-    for cls_name, table in ARGUMENT_ALIASES.items():
-        cls = getattr(nodes, cls_name, None) or getattr(monitors, cls_name, None)
-        if cls is None:
-            continue
-        for alternative, primary in table.items():
-            if cls_name == "TensorBoardMonitor" and alternative == "log_dir":
-                continue  # its own property: the event-file folder of the logger
-            value = str(tmp_path / "m") if primary == "root" else VALUES[primary]
-            obj = cls(**{alternative: value})
-            expected = Path(value) if primary == "root" else value
-            assert getattr(obj, alternative) == expected, (cls_name, alternative)
-            checked += 1
+    for cls_name, cls, alternative, primary, value in alias_cases:
+        if cls_name == "TensorBoardMonitor" and alternative == "log_dir":
+            continue  # its own property: the event-file folder of the logger
+        value = str(tmp_path / "m") if primary == "root" else value
+        obj = cls(**{alternative: value})
+        expected = Path(value) if primary == "root" else value
+        assert getattr(obj, alternative) == expected, (cls_name, alternative)
+        checked += 1
     assert checked >= 7
 
 

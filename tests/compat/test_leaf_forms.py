@@ -22,7 +22,6 @@ from cuvis_graph.nodes import (
 )
 
 from cuvis_graph import Graph, TrainerConfig, TrainingConfig
-from cuvis_graph.core.aliases import ARGUMENT_ALIASES
 from cuvis_graph.core.leaves import LossNode, MetricNode, VisualizationNode
 
 
@@ -173,22 +172,12 @@ def test_soft_channel_selector_arguments_and_state_aliases(fitted_pca):
     assert norm.running_min is norm.min and norm.running_max is norm.max
 
 
-def test_every_alias_of_the_table_reaches_its_primary_argument():
-    import cuvis_graph.nodes as nodes
-
-    import cuvis_graph.monitors as monitors
-
-    values = {"log_frequency": 3, "cmap": "viridis", "bins": 7, "max_points": 11, "n_components": 2,
-              "weights": {"a": 1.0}, "root": "somewhere"}
+def test_every_alias_of_the_table_reaches_its_primary_argument(alias_cases):
     checked = 0
-    for cls_name, table in ARGUMENT_ALIASES.items():
-        cls = getattr(nodes, cls_name, None) or getattr(monitors, cls_name, None)
-        if cls is None:
-            continue
-        for alternative, primary in table.items():
-            obj = cls(**{alternative: values[primary]})
-            assert obj.hparams()[primary] == values[primary], (cls_name, alternative)
-            with pytest.raises(TypeError, match="name the same argument"):
-                cls(**{alternative: values[primary], primary: values[primary]})
-            checked += 1
+    for cls_name, cls, alternative, primary, value in alias_cases:
+        obj = cls(**{alternative: value})
+        assert obj.hparams()[primary] == value, (cls_name, alternative)
+        with pytest.raises(TypeError, match="name the same argument"):
+            cls(**{alternative: value, primary: value})
+        checked += 1
     assert checked >= 8
