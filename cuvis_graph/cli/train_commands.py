@@ -126,7 +126,7 @@ def _as_started(args: argparse.Namespace, overrides: list[str], pipeline: Any) -
 
 def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) -> tuple[Path, dict[str, float]]:
     from cuvis_graph.io.atomic import atomic_write_text
-    from cuvis_graph.io.run_resume import open_run
+    from cuvis_graph.io.run_resume import open_run, resume_target
     from cuvis_graph.train.distributed import RUN_DIR_ENV, worker_rank
 
     spec = dict(pipeline.config)
@@ -139,7 +139,9 @@ def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) ->
     if joined:  # a DDP rank > 0 (started by Lightning or on another node): rank 0 owns the run and the output
         pipeline.graph.train(pipeline.datamodule, pipeline.training, run_dir=joined, pipeline_spec=spec)
         return Path(joined), {}
-    run = open_run(pipeline.name, root=root, run_dir=run_dir_arg, resume=resume)
+    # a resumed run is opened (and announced) by graph.train; a new one here, for pipeline.yaml
+    run = (resume_target(pipeline.name, root, resume, run_dir_arg) if resume else None) or \
+        open_run(pipeline.name, root=root, run_dir=run_dir_arg, resume=resume)
     run_dir = run.path
     if not run.resuming:
         atomic_write_text(run_dir / "pipeline.yaml", pipeline.resolved_yaml())  # re-runnable as it is

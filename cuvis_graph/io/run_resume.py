@@ -45,6 +45,9 @@ def open_run(pipeline: str, *, root: str | os.PathLike = "runs", run_dir: str | 
     if resume is not None:
         run = resume_target(pipeline, root, resume, run_dir)
         if run is not None:
+            staged = _stage_state(run.path).get("stages") not in (None, ["train"])
+            log.warning("resuming run %s from %s", run.path, run.resume_checkpoint or (
+                "its stage state" if staged else "the start: no epoch had been checkpointed"))
             return run
         log.warning("resume=auto: no checkpoint found for %s under %s; starting a fresh run", pipeline, root)
     if run_dir is not None:
@@ -103,9 +106,6 @@ def _resume_run(target: Path, pipeline: str) -> Run:
         load_checkpoint(ckpt)  # refuses a truncated file or one that needs pickle, before anything is written
     run.resume_checkpoint = ckpt
     run.resuming = ckpt is not None or (target / "stage_state.json").is_file()
-    staged = _stage_state(target).get("stages") not in (None, ["train"])
-    log.warning("resuming run %s from %s", target, ckpt or ("its stage state" if staged else
-                                                            "the start: no epoch had been checkpointed"))
     return run
 
 

@@ -240,7 +240,9 @@ class RunSession:
     Enter: take the lock; when the run has earlier attempts, refuse (writing nothing) a
     pipeline that differs from the recorded one or a completed run with nothing left to
     train; status ``running`` (a new attempt), ``config.yaml``, log to ``logs/training.log``;
-    SIGTERM raises :class:`Terminated` (Lightning alone would stop and report success).
+    SIGTERM raises :class:`Terminated` (Lightning alone would stop and report success); a
+    raise the interpreter swallowed (a SIGTERM that lands in a weakref callback or ``__del__``)
+    is raised again by :meth:`raise_if_terminated`, which training calls before every batch.
     Exit: ``completed``; ``interrupted`` on Ctrl-C (Lightning's graceful shutdown exits
     with ``SystemExit``: re-raised here as ``KeyboardInterrupt``); ``terminated`` on
     SIGTERM; ``failed`` with the error and ``logs/traceback.txt`` on any other exception,
@@ -298,6 +300,11 @@ class RunSession:
             self._terminated = True
             raise Terminated("SIGTERM")
 
+    def raise_if_terminated(self) -> None:
+        """Raise :class:`Terminated` once SIGTERM arrived (its own raise may have been swallowed)."""
+        if self._terminated:
+            raise Terminated("SIGTERM")
+
     def finish(self, metrics: Mapping[str, Any], initial: Mapping[str, Any] | None = None,
                best: Mapping[str, Any] | None = None, **extra: Any) -> None:
         """Store results (before ``completed`` is written on exit)."""
@@ -312,6 +319,8 @@ class RunSession:
         run = self.run
         interrupted = isinstance(exc, KeyboardInterrupt) or (
             isinstance(exc, SystemExit) and isinstance(exc.__context__, KeyboardInterrupt))
+        if exc is not None and not interrupted and self._terminated and not isinstance(exc, Terminated):
+            exc = Terminated("SIGTERM")  # what SIGTERM stopped by another way (Lightning's own SystemExit)
         try:
             if self.hub is not None:
                 known = {(f["name"], f["error"]) for f in run.record["failures"]}

@@ -70,9 +70,10 @@ class StageState:
     def info(self, name: str) -> dict[str, Any]:
         return self.data["stage_info"].setdefault(name, {})
 
-    def offsets(self) -> tuple[int, int]:
-        """``(steps, epochs)`` of all completed stages: where the next stage starts."""
-        done = [self.data["stage_info"][n] for n in self.completed]
+    def offsets(self, excluding: str | None = None) -> tuple[int, int]:
+        """``(steps, epochs)`` of all completed stages but ``excluding``: where the next stage
+        starts (a completed stage trained on, e.g. to more epochs, counts its own from its checkpoint)."""
+        done = [self.data["stage_info"][n] for n in self.completed if n != excluding]
         return sum(int(i.get("steps", 0)) for i in done), sum(int(i.get("epochs", 0)) for i in done)
 
     def last_final_checkpoint(self) -> str | None:

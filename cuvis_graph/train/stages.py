@@ -93,7 +93,7 @@ class StageRunner:
         ckpt_dir = None if run is None else (run.checkpoint_dir if not config.stages
                                              else run.checkpoint_dir / stage.name)
         resume_ckpt = stage_resume_checkpoint(run, state, stage, ckpt_dir, config)
-        step_offset, epoch_offset = state.offsets()
+        step_offset, epoch_offset = state.offsets(excluding=stage.name)
         frozen, names = self._start(index, stage, resume_ckpt, step_offset, epoch_offset)
         module = GraphModule(self.plan, stage.optimizer or config.optimizer, stage.scheduler or config.scheduler,
                              self.hub, max_epochs=stage.max_epochs, loss_weights=stage.loss_weights(),

@@ -43,7 +43,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
@@ -181,7 +181,7 @@ def train_graph(graph: Graph, datamodule: Any, config: TrainingConfig, callbacks
         metrics = {k: v for k, v in (last.get("metrics") or {}).items() if v is not None} or metrics
         best = last.get("best")
     try:
-        check_record = record.check if record is not None else _nothing
+        check_record = _record_check(record, session)
         if has_val and restore is None:
             initial = run_validation(module, datamodule, kwargs, hub, 0, root)
             check_record()
@@ -255,5 +255,11 @@ def _init_device(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _nothing() -> None:
-    return None
+def _record_check(record: RunFiles | None, session: RunSession | None) -> Callable[[], None]:
+    """What training calls before every batch: raises when the run's record was lost or SIGTERM arrived."""
+    def check() -> None:
+        if record is not None:
+            record.check()
+        if session is not None:
+            session.raise_if_terminated()
+    return check

@@ -1,0 +1,106 @@
+"""SIGTERM that lands where Python cannot raise: inside a weakref callback or ``__del__``.
+
+The interpreter prints such an exception ("Exception ignored in ...") and goes on; Lightning
+then stops at its next batch with a ``SystemExit`` of code 0. The run must still end as
+``terminated`` with exit status 143, never as ``failed`` (or worse, exit 0).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cuvis_graph.io.run_resume import open_run
+from cuvis_graph.io.runs import RunSession, Terminated, read_run_json
+from cuvis_graph.train.lightning import GraphModule
+
+from .conftest import PIPELINES, QUIET, TINY_SYNTHETIC, cli
+
+TRAIN = ["train", PIPELINES / "selector_rx_bce.yaml", *TINY_SYNTHETIC, *QUIET, "nodes.selector.params.n_select=3",
+         "training.trainer.accelerator=cpu", "--runs-dir", "runs"]
+
+
+class _SigtermOnCollect:
+    """Sends SIGTERM to this process from ``__del__``, where a raised exception is only printed."""
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs at the next instruction: still in __del__
+
+
+@pytest.fixture
+def swallowed(monkeypatch: pytest.MonkeyPatch) -> list[BaseException]:
+    """The exceptions the interpreter swallowed (instead of printing them)."""
+    seen: list[BaseException] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: seen.append(info.exc_value))
+    return seen
+
+
+def test_sigterm_swallowed_mid_training_still_stops_the_run_as_terminated(workdir, capsys, monkeypatch, swallowed):
+    step = GraphModule.training_step
+    calls = []
+
+    def training_step(self, batch, batch_idx):
+        calls.append(batch_idx)
+        if len(calls) == 3:
+            _SigtermOnCollect()  # collected at once: SIGTERM inside __del__
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(GraphModule, "training_step", training_step)
+    outcome = cli([*TRAIN, "training.trainer.max_epochs=1000"], capsys)
+    (run_dir,) = (workdir / "runs" / "selector_rx_bce").iterdir()
+    assert [type(e) for e in swallowed] == [Terminated]  # the case under test did happen
+    assert outcome.rc == 143, outcome.err[-2000:]
+    assert "terminated by SIGTERM" in outcome.err and "Traceback" not in outcome.err
+    assert read_run_json(run_dir)["status"] == "terminated"
+    assert len(calls) <= 4  # stopped at the next batch, not 1000 epochs later
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_run_stopped_by_systemexit_after_a_swallowed_sigterm_is_terminated(tmp_path, swallowed):
+    run = open_run("p", root=tmp_path)
+    with pytest.raises(Terminated, match=f"--resume {run.path}"), RunSession(run):
+        _SigtermOnCollect()
+        assert [type(e) for e in swallowed] == [Terminated]
+        raise SystemExit  # what Lightning raises on its own SIGTERM flag (code None: exit status 0)
+    assert read_run_json(run.path)["status"] == "terminated"
+
+
+def test_a_resume_is_announced_once(workdir, capsys, caplog):
+    assert cli([*TRAIN, "training.trainer.max_epochs=1"], capsys).rc == 0
+    (run_dir,) = (workdir / "runs" / "selector_rx_bce").iterdir()
+    caplog.clear()
+    outcome = cli([*TRAIN, "training.trainer.max_epochs=2", "--resume", run_dir], capsys)
+    assert outcome.rc == 0, outcome.err
+    assert [r.getMessage() for r in caplog.records].count(
+        f"resuming run {run_dir} from {run_dir / 'checkpoints' / 'last.ckpt'}") == 1
+    assert read_run_json(run_dir)["epochs"] == 2
+
+
+def _log(run_dir):
+    """``(stage, step, epoch, temperature)`` of every line of the run's ``metrics.jsonl``."""
+    lines = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+    return [(j["stage"], j["step"], j["metrics"].get("epoch"), j["metrics"].get("train/selector/temperature"))
+            for j in lines]
+
+
+def test_extending_a_completed_run_continues_its_epochs_as_an_uninterrupted_run(workdir, tmp_path, capsys):
+    """A completed 1-epoch run resumed to 3 epochs trains epochs 2 and 3 (the selector's temperature
+    schedule at epochs 1 and 2, steps counted on), ending where a 3-epoch run ends."""
+    deterministic = "training.trainer.deterministic=true"
+    assert cli([*TRAIN, "training.trainer.max_epochs=3", deterministic, "--runs-dir", tmp_path / "ref"], capsys).rc == 0
+    (reference,) = (tmp_path / "ref" / "selector_rx_bce").iterdir()
+    assert cli([*TRAIN, "training.trainer.max_epochs=1", deterministic], capsys).rc == 0
+    (run_dir,) = (workdir / "runs" / "selector_rx_bce").iterdir()
+    resumed = cli([*TRAIN, "training.trainer.max_epochs=3", deterministic, "--resume", run_dir], capsys)
+    assert resumed.rc == 0, resumed.err
+    assert _log(run_dir) == _log(reference)
+    temperatures = [t for stage, *_, t in _log(reference) if t is not None]
+    assert len(set(temperatures)) == 3  # the schedule moved every epoch: the comparison can tell
+    ours, theirs = (load_file(d / "model" / "weights.safetensors") for d in (run_dir, reference))
+    assert ours.keys() == theirs.keys() and all(torch.allclose(ours[k], theirs[k], atol=1e-6) for k in ours)
