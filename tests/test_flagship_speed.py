@@ -19,8 +19,7 @@ from cuvis_graph.nodes import (
 
 from cuvis_graph import Graph
 from cuvis_graph.core.statistics import (
-    MINMAX_FLAT_VALUES,
-    MINMAX_TILE_VALUES,
+    BLOCK_VALUES,
     MinMaxAccumulator,
     MomentAccumulator,
 )
@@ -169,11 +168,11 @@ def test_moment_accumulator_affine_equals_numpy() -> None:
 
 @pytest.mark.parametrize("dim", [1, 3, 100, 300])
 def test_minmax_blocks_equal_numpy(dim: int) -> None:
-    """Min/max over several chunks (one global min/max: flat ``aminmax`` blocks; per channel:
-    element-wise tiles, the extremes in the last, shorter chunk) equal numpy exactly, with and
-    without row weights, and under an affine map (negative scales swap)."""
+    """Min/max over several blocks (folded element-wise into tiles, the extremes in the last,
+    shorter block) equal numpy exactly, with and without row weights, and under an affine map
+    (negative scales swap)."""
     rng = np.random.default_rng(dim)
-    n = 3 * (MINMAX_FLAT_VALUES if dim == 1 else max(1, MINMAX_TILE_VALUES // dim)) + 17
+    n = 3 * max(1, BLOCK_VALUES // dim) + 17
     x = rng.normal(size=(n, dim)).astype(np.float32)
     x[-1], x[-5] = 7.0, -7.0  # the extremes in the last, shorter chunk
     acc = MinMaxAccumulator(dim)

@@ -27,6 +27,7 @@ from tqdm import tqdm  # plain text bars: tqdm.auto wants ipywidgets in notebook
 
 from cuvis_graph.core.executor import Executor
 from cuvis_graph.core.plan import Plan, Step
+from cuvis_graph.core.row_stream import RowStream
 from cuvis_graph.core.statistics import Accumulator, StatisticsError
 
 __all__ = ["fit_statistics", "FitReport", "move_batch"]
@@ -155,12 +156,13 @@ def fit_statistics(
             for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
                 for part in _slices(move_batch(batch, device)):
                     outputs = executor.run(part, only=needed)
-                    for name in names:
-                        step = folded[name][0]
-                        inputs = executor.node_inputs(step, part, outputs)
-                        if name not in accumulators:
-                            accumulators[name] = step.node.create_accumulators(**inputs)
-                        step.node.update_statistics(accumulators[name], **inputs)
+                    with RowStream():  # the nodes that read the same rows read each block once
+                        for name in names:
+                            step = folded[name][0]
+                            inputs = executor.node_inputs(step, part, outputs)
+                            if name not in accumulators:
+                                accumulators[name] = step.node.create_accumulators(**inputs)
+                            step.node.update_statistics(accumulators[name], **inputs)
                 report.batches += 1
         report.passes += 1
         for name in names:

@@ -33,6 +33,7 @@ from cuvis_graph.errors import CuvisGraphError
 __all__ = [
     "StatisticsError",
     "Accumulator",
+    "RowAccumulator",
     "MomentAccumulator",
     "MinMaxAccumulator",
     "distributed_ready",
@@ -65,16 +66,6 @@ DEVICE_BLOCK_ROWS = 16384
 #: exact algebra; one near the mean only keeps ``M - S S^T / n`` free of cancellation, and the
 #: mean of 2048 rows is that (16384 took 1.5 ms of float64 conversion per fit).
 SHIFT_ROWS = 2048
-#: Per-channel min/max on CPU: values of the running ``[rows, C]`` tiles that chunks of the input are
-#: folded into element-wise (vectorised, cache-resident; one ``amin``/``amax`` over the tile at the end).
-MINMAX_TILE_VALUES = 65536
-#: One global min/max (``C = 1``): values per ``aminmax`` call.
-MINMAX_FLAT_VALUES = 1 << 20
-
-
-def _block_rows(device: torch.device, dim: int, values: int) -> int:
-    """Rows per block of ``dim``-channel rows: ``values // dim`` on CPU, ``DEVICE_BLOCK_ROWS`` elsewhere."""
-    return max(1, values // dim) if device.type == "cpu" else DEVICE_BLOCK_ROWS
 
 
 def _as_rows(x: torch.Tensor, dim: int, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -126,7 +117,43 @@ class Accumulator(ABC):
         """Number of rows seen."""
 
 
-class MomentAccumulator(Accumulator):
+class RowAccumulator(Accumulator):
+    """An accumulator of ``[N, C]`` rows (C = ``dim``) that reads them block by block.
+
+    ``update`` hands the rows to :func:`cuvis_graph.core.row_stream.feed`, which walks them
+    (``_begin``, ``_add_block`` per block of ``block_values`` values, ``_end``) either at once
+    or, inside a :class:`~cuvis_graph.core.row_stream.RowStream`, block-interleaved with the
+    other accumulators that read the same rows, so each block is read from memory once.
+    """
+
+    dim: int
+    n: int
+
+    def update(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        from cuvis_graph.core.row_stream import feed
+
+        rows = _as_rows(x, self.dim, weights)
+        if rows.shape[0] > 0:
+            feed(self, rows)
+
+    def block_values(self) -> int:
+        """Values per CPU block this accumulator works best with (a cache-sized block)."""
+        return BLOCK_VALUES
+
+    @abstractmethod
+    def _begin(self, rows: torch.Tensor, block_rows: int) -> None:
+        """Start a walk over ``rows`` ``[N, C]`` in blocks of at most ``block_rows`` rows."""
+
+    @abstractmethod
+    def _add_block(self, block: torch.Tensor) -> None:
+        """Add one block ``[b, C]`` of the rows given to ``_begin``."""
+
+    @abstractmethod
+    def _end(self) -> None:
+        """Finish the walk: fold what the blocks gave into the state."""
+
+
+class MomentAccumulator(RowAccumulator):
     """Count, mean and (co)variance of ``C``-dimensional rows, in float64 with a shift.
 
     Args:
@@ -143,60 +170,81 @@ class MomentAccumulator(Accumulator):
         shape = (self.dim, self.dim) if full_covariance else (self.dim,)
         self.second = torch.zeros(shape, dtype=F64)
 
-    # -- streaming -------------------------------------------------------------------
-    def update(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> None:
-        rows = _as_rows(x, self.dim, weights)
-        if rows.shape[0] == 0:
-            return
+    # -- streaming (blocks: see RowAccumulator) -------------------------------------------
+    def block_values(self) -> int:
+        return BLOCK_VALUES if self.full_covariance else DIAGONAL_BLOCK_VALUES
+
+    def _begin(self, rows: torch.Tensor, block_rows: int) -> None:
+        """Set the shift (first rows' mean) once; allocate the float64 block buffer ``[b, C + 1]``
+        (full: its last column is constant 1, see :meth:`_add_block`) and this walk's sums."""
         self._to(rows.device)
         if self.shift is None:
             self.shift = rows[:SHIFT_ROWS].mean(dim=0, dtype=F64)
         self.n += rows.shape[0]
+        c, device = self.dim, rows.device
+        buffer = torch.empty(min(block_rows, rows.shape[0]), c + 1, dtype=F64, device=device)
+        buffer[:, c] = 1.0
+        self._buffer = buffer
         if self.full_covariance:
-            self._add_scatter(rows, _block_rows(rows.device, self.dim, BLOCK_VALUES))
+            self._gram = torch.zeros(c + 1, c + 1, dtype=F64, device=device)
+            self._pairs = _scatter_blocks(c + 1, device)
+            self._products = self._gemm_operands(buffer)  # views made once, for every full-size block
         else:
-            self._add_squares(rows, _block_rows(rows.device, self.dim, DIAGONAL_BLOCK_VALUES))
+            self._gram = torch.zeros(2, c, dtype=F64, device=device)  # rows: sum, sum of squares
 
-    def _add_scatter(self, rows: torch.Tensor, block_rows: int) -> None:
-        """``S += sum (x - s)``, ``M += sum (x - s)(x - s)^T`` over ``rows`` ``[N, C]``, block by block.
+    def _add_block(self, block: torch.Tensor) -> None:
+        """Full: ``[[M, S], [S^T, n]] += [x - s | 1]^T [x - s | 1]`` (the GEMMs give the sum with the
+        scatter; only the upper blocks of the column halves on CPU, see ``_scatter_blocks``).
+        Diagonal: ``S += sum (x - s)``, ``M += sum (x - s)^2``. The block is copied into the float64
+        buffer and shifted there, in cache (a fused mixed-dtype ``torch.sub(..., out=)`` is slower)."""
+        c, m = self.dim, block.shape[0]
+        augmented = self._buffer[:m]
+        centred = augmented[:, :c]
+        centred.copy_(block)
+        centred.sub_(self.shift)
+        if not self.full_covariance:
+            ones = augmented[:, c]
+            self._gram[0].addmv_(centred.T, ones)
+            self._gram[1].addmv_(centred.mul_(centred).T, ones)  # squares in place
+            return
+        products = self._products if m == self._buffer.shape[0] else self._gemm_operands(augmented)
+        for out, left, right in products:
+            out.addmm_(left, right)
 
-        Each block is copied into a float64 buffer ``[c | 1]`` (stays in cache; its last column
-        is constant), the shift subtracted in place, and GEMMs of the buffer with itself give
-        ``[[M, S], [S^T, n]]``: the sum comes with the scatter. (A fused mixed-dtype
-        ``torch.sub(block, shift, out=buffer)`` is slower on CPU than copy_ + sub_.)
-        """
+    def _gemm_operands(self, augmented: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``(out, left, right)`` views of the scatter blocks' GEMMs ``out += left @ right`` on ``augmented``."""
+        return [(self._gram[i, j], augmented[:, i].T, augmented[:, j]) for i, j in self._pairs]
+
+    def _end(self) -> None:
+        c, gram = self.dim, self._gram
+        if not self.full_covariance:
+            self.sum += gram[0]
+            self.second += gram[1]
+        else:
+            if len(self._pairs) > 1:  # the lower block mirrors the upper one
+                upper_rows, upper_cols = self._pairs[1]
+                gram[upper_cols, upper_rows] = gram[upper_rows, upper_cols].T
+            self.sum += gram[:c, c]
+            self.second += gram[:c, :c]
+        self._buffer = self._products = None
+
+    def can_follow(self, source: RowAccumulator) -> bool:
+        """Whether this (diagonal) accumulator can take its sums from ``source``'s walk over the same
+        rows (a full-covariance accumulator of the same rows and shift) instead of walking them."""
+        return (not self.full_covariance and isinstance(source, MomentAccumulator) and source.full_covariance
+                and source.dim == self.dim and (self.shift is None or (
+                    source.shift is not None and torch.equal(self.shift, source.shift.to(self.shift.device)))))
+
+    def follow(self, source: MomentAccumulator, rows: int) -> None:
+        """Add the ``rows`` rows ``source`` just walked: ``S`` and the diagonal of ``M`` of its walk
+        (exact: the same sums, each from the scatter GEMM)."""
+        self._to(source.sum.device)
+        if self.shift is None:
+            self.shift = source.shift.clone()
         c = self.dim
-        augmented = torch.empty(min(block_rows, rows.shape[0]), c + 1, dtype=F64, device=rows.device)
-        augmented[:, c] = 1.0
-        gram = torch.zeros(c + 1, c + 1, dtype=F64, device=rows.device)
-        pairs = _scatter_blocks(c + 1, rows.device)
-
-        def views(part: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
-            return part[:, :c], [(gram[i, j], part[:, i].T, part[:, j]) for i, j in pairs]
-
-        full = views(augmented)  # every block but a shorter last one: views made once
-        for block in rows.split(block_rows):
-            centred, products = full if block.shape[0] == augmented.shape[0] else views(augmented[: block.shape[0]])
-            centred.copy_(block)
-            centred.sub_(self.shift)
-            for out, left, right in products:
-                out.addmm_(left, right)
-        if len(pairs) > 1:  # the lower block mirrors the upper one
-            upper_rows, upper_cols = pairs[1]
-            gram[upper_cols, upper_rows] = gram[upper_rows, upper_cols].T
-        self.second += gram[:c, :c]
-        self.sum += gram[:c, c]
-
-    def _add_squares(self, rows: torch.Tensor, block_rows: int) -> None:
-        """``S += sum (x - s)`` and the diagonal ``M += sum (x - s)^2`` (per channel), block by block."""
-        buffer = torch.empty(min(block_rows, rows.shape[0]), self.dim, dtype=F64, device=rows.device)
-        ones = torch.ones(buffer.shape[0], dtype=F64, device=rows.device)
-        for block in rows.split(block_rows):
-            centred = buffer[: block.shape[0]]
-            centred.copy_(block)
-            centred.sub_(self.shift)
-            self.sum.addmv_(centred.T, ones[: block.shape[0]])
-            self.second.addmv_(centred.mul_(centred).T, ones[: block.shape[0]])  # squares in place
+        self.n += rows
+        self.sum += source._gram[:c, c]
+        self.second += torch.diagonal(source._gram[:c, :c])
 
     def _to(self, device: torch.device) -> None:
         if self.sum.device != device:
@@ -311,7 +359,7 @@ class MomentAccumulator(Accumulator):
         return torch.diagonal(cov) if self.full_covariance else cov
 
 
-class MinMaxAccumulator(Accumulator):
+class MinMaxAccumulator(RowAccumulator):
     """Per-channel minimum and maximum of ``C``-dimensional rows (exact under merge)."""
 
     def __init__(self, dim: int) -> None:
@@ -320,14 +368,32 @@ class MinMaxAccumulator(Accumulator):
         self.min = torch.full((self.dim,), float("inf"), dtype=F64)
         self.max = torch.full((self.dim,), float("-inf"), dtype=F64)
 
-    def update(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> None:
-        rows = _as_rows(x, self.dim, weights)
-        if rows.shape[0] == 0:
-            return
+    def _begin(self, rows: torch.Tensor, block_rows: int) -> None:
         if self.min.device != rows.device:
             self.min, self.max = self.min.to(rows.device), self.max.to(rows.device)
         self.n += rows.shape[0]
-        lo, hi = _column_min_max(rows)
+        self._lo = self._hi = None
+
+    def _add_block(self, block: torch.Tensor) -> None:
+        """CPU: fold the block element-wise into two tiles of its shape (``lo = minimum(lo, block)``,
+        vectorised, in cache; a shorter last block folds into the first rows); reduced over rows
+        in ``_end``. Elsewhere: one ``aminmax(dim=0)`` per block."""
+        if block.device.type != "cpu":
+            lo, hi = torch.aminmax(block, dim=0)
+            self._fold(lo, hi)
+        elif self._lo is None:
+            self._lo, self._hi = block.clone(), block.clone()
+        else:
+            m = block.shape[0]
+            torch.minimum(self._lo[:m], block, out=self._lo[:m])
+            torch.maximum(self._hi[:m], block, out=self._hi[:m])
+
+    def _end(self) -> None:
+        if self._lo is not None:
+            self._fold(self._lo.amin(dim=0), self._hi.amax(dim=0))
+        self._lo = self._hi = None
+
+    def _fold(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
         self.min = torch.minimum(self.min, lo.to(F64))
         self.max = torch.maximum(self.max, hi.to(F64))
 
@@ -358,26 +424,3 @@ class MinMaxAccumulator(Accumulator):
     @property
     def count(self) -> int:
         return self.n
-
-
-def _column_min_max(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-column ``(min, max)`` of ``rows`` ``[N, C]`` (N >= 1), exact, in the input dtype; one read.
-
-    CPU, ``C = 1``: ``aminmax`` over flat blocks of ``MINMAX_FLAT_VALUES``. CPU, ``C > 1``: chunks
-    of ``k = MINMAX_TILE_VALUES // C`` rows are folded element-wise into two ``[k, C]`` tiles
-    (``lo = minimum(lo, chunk)``), which stay in cache; the tiles are reduced over rows at the end.
-    Elsewhere: one ``aminmax(dim=0)`` kernel.
-    """
-    if rows.device.type != "cpu":
-        return torch.aminmax(rows, dim=0)
-    if rows.shape[1] == 1:
-        parts = [torch.aminmax(block) for block in rows.reshape(-1).split(MINMAX_FLAT_VALUES)]
-        lo, hi = torch.stack([p.min for p in parts]), torch.stack([p.max for p in parts])
-        return lo.amin().reshape(1), hi.amax().reshape(1)
-    k = max(1, MINMAX_TILE_VALUES // rows.shape[1])
-    lo, hi = rows[:k].clone(), rows[:k].clone()
-    for chunk in rows[k:].split(k):
-        m = chunk.shape[0]  # the last chunk may be shorter: it folds into the first m rows
-        torch.minimum(lo[:m], chunk, out=lo[:m])
-        torch.maximum(hi[:m], chunk, out=hi[:m])
-    return lo.amin(dim=0), hi.amax(dim=0)
