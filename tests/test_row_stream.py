@@ -103,6 +103,13 @@ def test_rows_of_other_memory_walk_alone_and_an_error_inside_the_stream_adds_not
     rows = a.reshape(-1, a.shape[-1])[keep.reshape(-1)].double().numpy()
     assert rel(masked.covariance(), np.cov(rows, rowvar=False)) < 1e-12 and masked.count == rows.shape[0]
     np.testing.assert_array_equal(other.max.numpy(), b.reshape(-1, b.shape[-1]).double().numpy().max(0))
+    twice = MomentAccumulator(a.shape[-1])
+    with RowStream():
+        twice.update(a)
+        twice.update(a)  # the same rows twice: counted twice, as outside a stream
+    assert twice.count == 2 * a.shape[0] * a.shape[1]
+    assert rel(twice.covariance(), np.cov(np.concatenate([a.reshape(-1, a.shape[-1]).double().numpy()] * 2),
+                                          rowvar=False)) < 1e-12
     before = (masked.n, masked.sum.clone(), other.n, other.min.clone())
     with pytest.raises(RuntimeError, match="stop"), RowStream():
         masked.update(a)

@@ -70,7 +70,10 @@ def _groups(queued: list[tuple[RowAccumulator, torch.Tensor]]) -> list[list[tupl
     not divide the group's largest walk alone."""
     groups: dict[Any, list[tuple[RowAccumulator, torch.Tensor]]] = {}
     for index, (accumulator, rows) in enumerate(queued):
-        groups.setdefault(_memory(rows) or ("alone", index), []).append((accumulator, rows))
+        key = _memory(rows)
+        if key is None or any(acc is accumulator for acc, _ in groups.get(key, ())):
+            key = ("alone", index)  # (the same rows given twice to one accumulator: two walks)
+        groups.setdefault(key, []).append((accumulator, rows))
     result = []
     for group in groups.values():
         widest = max(acc.dim for acc, _ in group)
