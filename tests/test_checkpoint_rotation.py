@@ -81,3 +81,37 @@ def test_snapshot_files_follow_keep_last_and_keep_every(tmp_path: Path, epochs: 
     assert found == by_hand
     for epoch in found:
         assert load(run_dir / "checkpoints" / "snapshots" / f"epoch={epoch:03d}.ckpt")["epoch"] == epoch
+
+
+def test_a_moved_run_resumes_knowing_its_best_checkpoint(tmp_path: Path) -> None:
+    """A run folder moved (or copied to another machine) and resumed keeps the best epoch of its
+    earlier attempt: here val/loss rises from the statistical start, so the best is the first
+    epoch, and a resume that forgot the earlier best would call a later, worse epoch the best."""
+    import shutil
+    import warnings
+
+    def config(epochs: int) -> TrainingConfig:
+        return TrainingConfig.model_validate({
+            "seed": 1, "trainer": {"max_epochs": epochs, "enable_progress_bar": False, "accelerator": "cpu"},
+            "optimizer": {"name": "sgd", "lr": 1e-3}, "checkpoint": {"monitor": "val/loss", "mode": "min"}})
+
+    run_dir = selector_rx_graph().train(data(), config(2), runs_root=tmp_path / "runs").run_dir
+    moved = tmp_path / "elsewhere" / run_dir.name
+    moved.parent.mkdir()
+    shutil.move(run_dir, moved)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        selector_rx_graph().train(data(), config(4), resume=moved)
+    assert not [w for w in caught if "dirpath has changed" in str(w.message)]
+    losses = {j["metrics"]["epoch"]: j["metrics"]["val/loss"] for j in map(json.loads, (moved / "metrics.jsonl")
+              .read_text().splitlines()) if j["stage"] == "val" and j["step"] > 0}
+    assert sorted(losses) == [0, 1, 2, 3] and max(losses.values()) > min(losses.values())
+    best_epoch = min(losses, key=losses.get)
+    assert best_epoch < 2  # the case under test: the best is in the attempt before the move
+    best = load(moved / "checkpoints" / "best.ckpt")
+    assert best["epoch"] == best_epoch
+    record = json.loads((moved / "run.json").read_text())["best"]
+    assert record["checkpoint"] == "checkpoints/best.ckpt" and record["score"] == pytest.approx(losses[best_epoch])
+    state = next(v for k, v in load(moved / "checkpoints" / "last.ckpt")["callbacks"].items()
+                 if k.startswith("ModelCheckpoint"))
+    assert all(Path(p).parent == moved / "checkpoints" for p in state["best_k_models"])

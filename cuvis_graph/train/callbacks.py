@@ -196,13 +196,13 @@ def build_callbacks(config: TrainingConfig, hub: MonitorHub, checkpoint_dir: Pat
     from lightning.pytorch.callbacks import (
         EarlyStopping,
         LearningRateMonitor,
-        ModelCheckpoint,
         RichProgressBar,
     )
 
     from cuvis_graph.train.checkpoint_callbacks import (
         ConfigInCheckpoint,
         LastCheckpoint,
+        RunCheckpoint,
         SnapshotCheckpoint,
     )
 
@@ -211,7 +211,7 @@ def build_callbacks(config: TrainingConfig, hub: MonitorHub, checkpoint_dir: Pat
     if checkpoint_dir is not None and ck.enabled:
         monitor = resolve_monitor(ck.monitor, has_val=has_val, has_loss=has_loss)
         single = ck.save_top_k == 1 or monitor is None
-        callbacks.append(ModelCheckpoint(  # first ModelCheckpoint: the one whose best the run reports
+        callbacks.append(RunCheckpoint(  # first ModelCheckpoint: the one whose best the run reports
             dirpath=checkpoint_dir, filename="best" if single else "epoch={epoch:03d}", auto_insert_metric_name=False,
             monitor=monitor, mode=ck.mode, save_top_k=ck.save_top_k if monitor is not None else 1,
             save_last=ck.save_last and monitor is None, every_n_epochs=ck.every_n_epochs,

@@ -1,5 +1,9 @@
 """Which checkpoints a run keeps: the last epoch, the best, periodic snapshots, and the config.
 
+* :class:`RunCheckpoint`: Lightning's ``ModelCheckpoint`` whose recorded paths follow the run
+  folder: a run moved (or copied to another machine) and resumed keeps its best score, its
+  top-k and its last path (Lightning alone forgets them when the folder's path changed, so the
+  first epoch after the resume became "best" whatever its score).
 * :class:`LastCheckpoint`: ``last.ckpt`` is rewritten at the end of *every* completed
   epoch, whatever the monitor says (Lightning 2.6's ``save_last`` writes it only when a
   top-k checkpoint was saved in the same step, so with a monitor it lagged behind the
@@ -24,7 +28,7 @@ import lightning.pytorch as pl
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-__all__ = ["LastCheckpoint", "SnapshotCheckpoint", "ConfigInCheckpoint", "snapshots_to_keep", "CONFIG_KEY"]
+__all__ = ["RunCheckpoint", "LastCheckpoint", "SnapshotCheckpoint", "ConfigInCheckpoint", "snapshots_to_keep", "CONFIG_KEY"]
 
 #: Key of the run's resolved config inside every checkpoint.
 CONFIG_KEY = "cuvis_graph_config"
@@ -32,7 +36,39 @@ CONFIG_KEY = "cuvis_graph_config"
 _SNAPSHOT = re.compile(r"epoch=(\d+)\.ckpt")
 
 
-class LastCheckpoint(ModelCheckpoint):
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that reads a checkpoint's paths relative to the folder it was written in."""
+
+    @property
+    def state_key(self) -> str:  # Lightning's own key, so checkpoints of either class restore
+        return "ModelCheckpoint" + repr({"monitor": self.monitor, "mode": self.mode,
+                                         "every_n_train_steps": self._every_n_train_steps,
+                                         "every_n_epochs": self._every_n_epochs,
+                                         "train_time_interval": self._train_time_interval})
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(relocated(state_dict, self.dirpath))
+
+
+def relocated(state: dict[str, Any], dirpath: str | None) -> dict[str, Any]:
+    """``state`` of a ``ModelCheckpoint`` with the paths under its recorded ``dirpath`` moved to
+    ``dirpath`` (the same file names in the run's current checkpoint folder)."""
+    old = state.get("dirpath")
+    if not old or not dirpath or old == dirpath:
+        return state
+
+    def move(path: Any) -> Any:
+        if isinstance(path, str) and path and Path(path).parent == Path(old):
+            return str(Path(dirpath) / Path(path).name)
+        return path
+
+    moved = {k: move(v) for k, v in state.items() if k != "best_k_models"}
+    moved["best_k_models"] = {move(k): v for k, v in (state.get("best_k_models") or {}).items()}
+    moved["dirpath"] = dirpath
+    return moved
+
+
+class LastCheckpoint(RunCheckpoint):
     """``<dir>/last.ckpt`` after every completed training epoch (atomic, through the trainer's IO)."""
 
     def __init__(self, dirpath: str | Path) -> None:
