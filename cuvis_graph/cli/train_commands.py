@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -126,6 +127,7 @@ def _as_started(args: argparse.Namespace, overrides: list[str], pipeline: Any) -
 
 def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) -> tuple[Path, dict[str, float]]:
     from cuvis_graph.io.atomic import atomic_write_text
+    from cuvis_graph.io.run_folders import remove_unstarted_run
     from cuvis_graph.io.run_resume import open_run, resume_target
     from cuvis_graph.train.distributed import RUN_DIR_ENV, worker_rank
 
@@ -139,7 +141,9 @@ def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) ->
     if joined:  # a DDP rank > 0 (started by Lightning or on another node): rank 0 owns the run and the output
         pipeline.graph.train(pipeline.datamodule, pipeline.training, run_dir=joined, pipeline_spec=spec)
         return Path(joined), {}
+    importlib.import_module("cuvis_graph.train.entry")  # Lightning loads before the run folder exists
     # a resumed run is opened (and announced) by graph.train; a new one here, for pipeline.yaml
+    existed = run_dir_arg is not None and Path(run_dir_arg).exists()
     run = (resume_target(pipeline.name, root, resume, run_dir_arg) if resume else None) or \
         open_run(pipeline.name, root=root, run_dir=run_dir_arg, resume=resume)
     run_dir = run.path
@@ -148,13 +152,19 @@ def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) ->
     try:
         result = pipeline.graph.train(pipeline.datamodule, pipeline.training, run_dir=run_dir, pipeline_spec=spec,
                                       resume=(run.resume_checkpoint or run_dir) if run.resuming else None)
-    except CuvisGraphError as exc:
-        if str(exc).startswith(f"run {run_dir}"):  # already names the run (e.g. a refused resume)
+    except BaseException as exc:
+        if not (run_dir / "run.json").is_file():  # stopped before the attempt started: no run to name
+            if not run.resuming and not existed:
+                remove_unstarted_run(run_dir)
             raise
-        raise CuvisGraphError(f"run {run_dir} failed: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - reported with the run directory; --debug shows the chain
-        raise CuvisGraphError(f"run {run_dir} failed: {type(exc).__name__}: {exc} "
-                              f"(traceback in {run_dir / 'logs' / 'traceback.txt'})") from exc
+        if isinstance(exc, CuvisGraphError) and str(exc).startswith(f"run {run_dir}"):
+            raise  # already names the run (e.g. a refused resume)
+        if isinstance(exc, CuvisGraphError):
+            raise CuvisGraphError(f"run {run_dir} failed: {exc}") from exc
+        if isinstance(exc, Exception):  # reported with the run directory; --debug shows the chain
+            raise CuvisGraphError(f"run {run_dir} failed: {type(exc).__name__}: {exc} "
+                                  f"(traceback in {run_dir / 'logs' / 'traceback.txt'})") from exc
+        raise
     if args.save_predictions:
         path = _save_predictions(pipeline, run_dir)
         out(f"predictions: {path}")

@@ -16,7 +16,7 @@ from pathlib import Path
 from cuvis_graph.io.runs import RunRecordError
 
 __all__ = ["new_run_dir", "new_sweep_dir", "make_run_folder", "find_latest_run", "safe_name",
-           "resumable"]
+           "resumable", "remove_unstarted_run"]
 
 
 def safe_name(name: str) -> str:
@@ -83,3 +83,21 @@ def find_latest_run(root: str | os.PathLike, pipeline: str, with_checkpoint: boo
         if not with_checkpoint or resumable(path):
             return path
     return None
+
+
+def remove_unstarted_run(path: Path, expected: frozenset[str] = frozenset({"pipeline.yaml"})) -> bool:
+    """Remove the run folder ``path`` created for an attempt that never started (no ``run.json``,
+    nothing in it but ``expected`` files); ``True`` if it was removed. Anything else stays."""
+    try:
+        names = set(os.listdir(path))
+    except OSError:
+        return False
+    if "run.json" in names or not names <= expected:
+        return False
+    for name in names:
+        (path / name).unlink(missing_ok=True)
+    try:
+        path.rmdir()
+    except OSError:
+        return False
+    return True

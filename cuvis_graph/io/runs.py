@@ -340,7 +340,8 @@ class RunSession:
                 signal.signal(signal.SIGINT, self._sigint)
             self._stack.close()
         if interrupted:
-            raise KeyboardInterrupt(f"training interrupted; resume with resume={str(run.path)!r}") from None
+            raise KeyboardInterrupt(f"training interrupted; continue it with --resume {run.path} "
+                                    f"(in Python: resume={str(run.path)!r})") from None
         if isinstance(exc, Terminated):
             raise Terminated(f"run {run.path} terminated by SIGTERM; continue it with --resume {run.path}") from None
         return False

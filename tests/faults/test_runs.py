@@ -499,6 +499,7 @@ def test_interrupt_during_the_final_model_save_resumes_to_the_same_metrics_and_m
     cut = cli([*TRAIN, "training.trainer.max_epochs=2", "training.trainer.deterministic=true"], capsys)
     (run_dir,) = (workdir / "runs" / "selector_rx_bce").iterdir()
     assert cut.rc == 130 and raw_status(run_dir) == "interrupted" and not (run_dir / "model").exists()
+    assert f"continue it with --resume {run_dir}" in cut.err  # what a command-line user types
     monkeypatch.setattr(safetensors.torch, "save_file", save)
 
     resumed = cli([*TRAIN, "--resume", run_dir], capsys)

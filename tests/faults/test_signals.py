@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cuvis_graph.errors import ConfigError
 from cuvis_graph.io.run_resume import open_run
 from cuvis_graph.io.runs import RunSession, Terminated, read_run_json
 from cuvis_graph.train.lightning import GraphModule
@@ -104,3 +105,23 @@ def test_extending_a_completed_run_continues_its_epochs_as_an_uninterrupted_run(
     assert len(set(temperatures)) == 3  # the schedule moved every epoch: the comparison can tell
     ours, theirs = (load_file(d / "model" / "weights.safetensors") for d in (run_dir, reference))
     assert ours.keys() == theirs.keys() and all(torch.allclose(ours[k], theirs[k], atol=1e-6) for k in ours)
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, lambda: ConfigError("training.stages: refused")])
+def test_an_attempt_stopped_before_it_started_leaves_no_run_folder(stop, workdir, capsys, monkeypatch):
+    """Ctrl-C (or an error) after the run folder was made but before the attempt started (while the
+    graph is checked): no orphan folder holding only pipeline.yaml, and the error names no run."""
+    from cuvis_graph.train import entry
+
+    def stopped(*args, **kwargs):
+        raise stop()
+
+    monkeypatch.setattr(entry, "compile_graph", stopped)
+    outcome = cli([*TRAIN, "training.trainer.max_epochs=1"], capsys)
+    assert outcome.rc == (130 if stop is KeyboardInterrupt else 1)
+    assert list((workdir / "runs" / "selector_rx_bce").iterdir()) == []
+    assert "runs/selector_rx_bce/" not in outcome.err
+    mine = workdir / "mine"
+    mine.mkdir()  # a folder the user made for the run stays
+    assert cli([*TRAIN, "training.trainer.max_epochs=1", "--run-dir", mine], capsys).rc == outcome.rc
+    assert mine.is_dir() and (mine / "pipeline.yaml").is_file()
