@@ -126,9 +126,7 @@ def _as_started(args: argparse.Namespace, overrides: list[str], pipeline: Any) -
 
 
 def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) -> tuple[Path, dict[str, float]]:
-    from cuvis_graph.io.atomic import atomic_write_text
-    from cuvis_graph.io.run_folders import remove_unstarted_run
-    from cuvis_graph.io.run_resume import open_run, resume_target
+    from cuvis_graph.io.runs import sigterm_raises
     from cuvis_graph.train.distributed import RUN_DIR_ENV, worker_rank
 
     spec = dict(pipeline.config)
@@ -142,29 +140,8 @@ def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) ->
         pipeline.graph.train(pipeline.datamodule, pipeline.training, run_dir=joined, pipeline_spec=spec)
         return Path(joined), {}
     importlib.import_module("cuvis_graph.train.entry")  # Lightning loads before the run folder exists
-    # a resumed run is opened (and announced) by graph.train; a new one here, for pipeline.yaml
-    existed = run_dir_arg is not None and Path(run_dir_arg).exists()
-    run = (resume_target(pipeline.name, root, resume, run_dir_arg) if resume else None) or \
-        open_run(pipeline.name, root=root, run_dir=run_dir_arg, resume=resume)
-    run_dir = run.path
-    if not run.resuming:
-        atomic_write_text(run_dir / "pipeline.yaml", pipeline.resolved_yaml())  # re-runnable as it is
-    try:
-        result = pipeline.graph.train(pipeline.datamodule, pipeline.training, run_dir=run_dir, pipeline_spec=spec,
-                                      resume=(run.resume_checkpoint or run_dir) if run.resuming else None)
-    except BaseException as exc:
-        if not (run_dir / "run.json").is_file():  # stopped before the attempt started: no run to name
-            if not run.resuming and not existed:
-                remove_unstarted_run(run_dir)
-            raise
-        if isinstance(exc, CuvisGraphError) and str(exc).startswith(f"run {run_dir}"):
-            raise  # already names the run (e.g. a refused resume)
-        if isinstance(exc, CuvisGraphError):
-            raise CuvisGraphError(f"run {run_dir} failed: {exc}") from exc
-        if isinstance(exc, Exception):  # reported with the run directory; --debug shows the chain
-            raise CuvisGraphError(f"run {run_dir} failed: {type(exc).__name__}: {exc} "
-                                  f"(traceback in {run_dir / 'logs' / 'traceback.txt'})") from exc
-        raise
+    with sigterm_raises():  # a SIGTERM before the attempt starts removes the folder, too
+        run_dir, result = _open_and_train(pipeline, spec, root, resume, run_dir_arg)
     if args.save_predictions:
         path = _save_predictions(pipeline, run_dir)
         out(f"predictions: {path}")
@@ -180,3 +157,36 @@ def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) ->
         out(f"note: {failure.get('kind', 'side effect')} '{failure.get('name')}' failed and was disabled: "
              f"{failure.get('error')}")
     return run_dir, result.metrics
+
+
+def _open_and_train(pipeline: Any, spec: dict[str, Any], root: Any, resume: Any, run_dir_arg: Any) -> tuple[Path, Any]:
+    """Open the run (a new folder holding ``pipeline.yaml``, or the one resumed) and train it; a new
+    folder whose attempt never started is removed again."""
+    from cuvis_graph.io.atomic import atomic_write_text
+    from cuvis_graph.io.run_folders import remove_unstarted_run
+    from cuvis_graph.io.run_resume import open_run, resume_target
+
+    # a resumed run is opened (and announced) by graph.train; a new one here, for pipeline.yaml
+    existed = run_dir_arg is not None and Path(run_dir_arg).exists()
+    run = (resume_target(pipeline.name, root, resume, run_dir_arg) if resume else None) or \
+        open_run(pipeline.name, root=root, run_dir=run_dir_arg, resume=resume)
+    run_dir = run.path
+    try:
+        if not run.resuming:
+            atomic_write_text(run_dir / "pipeline.yaml", pipeline.resolved_yaml())  # re-runnable as it is
+        result = pipeline.graph.train(pipeline.datamodule, pipeline.training, run_dir=run_dir, pipeline_spec=spec,
+                                      resume=(run.resume_checkpoint or run_dir) if run.resuming else None)
+    except BaseException as exc:
+        if not (run_dir / "run.json").is_file():  # stopped before the attempt started: no run to name
+            if not run.resuming and not existed:
+                remove_unstarted_run(run_dir)
+            raise
+        if isinstance(exc, CuvisGraphError) and str(exc).startswith(f"run {run_dir}"):
+            raise  # already names the run (e.g. a refused resume)
+        if isinstance(exc, CuvisGraphError):
+            raise CuvisGraphError(f"run {run_dir} failed: {exc}") from exc
+        if isinstance(exc, Exception):  # reported with the run directory; --debug shows the chain
+            raise CuvisGraphError(f"run {run_dir} failed: {type(exc).__name__}: {exc} "
+                                  f"(traceback in {run_dir / 'logs' / 'traceback.txt'})") from exc
+        raise
+    return run_dir, result

@@ -53,7 +53,7 @@ from cuvis_graph.io.resume_check import check_continuation
 from cuvis_graph.io.run_config import write_run_config
 from cuvis_graph.io.run_lock import RunLock, owner_alive, pid_alive
 
-__all__ = ["Run", "RunSession", "RunRecordError", "Terminated", "read_run_json", "STATUSES"]
+__all__ = ["Run", "RunSession", "RunRecordError", "Terminated", "read_run_json", "sigterm_raises", "STATUSES"]
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +234,26 @@ class Run:
 
 
 # -- lifecycle ------------------------------------------------------------------------------
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated("SIGTERM before the run started")
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within: SIGTERM raises :class:`Terminated` (main thread, where no other handler is set), so
+    that what a command made before its :class:`RunSession` started can be removed; a session
+    started within takes the signal over for its attempt."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class RunSession:
     """Context manager around one training attempt in ``run``.
 
@@ -282,9 +302,10 @@ class RunSession:
         self._stack.enter_context(run.log_to_file())
         if threading.current_thread() is threading.main_thread():
             self._sigint = signal.getsignal(signal.SIGINT)
-            if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            current = signal.getsignal(signal.SIGTERM)
+            if current in (signal.SIG_DFL, None) or current is _raise_terminated:
                 signal.signal(signal.SIGTERM, self._on_sigterm)
-                self._stack.callback(signal.signal, signal.SIGTERM, signal.SIG_DFL)
+                self._stack.callback(signal.signal, signal.SIGTERM, current or signal.SIG_DFL)
         if run.status is None:
             run.set_status("pending")
         run.record["attempts"].append({"status": "running", "started_at": _now(), "pid": os.getpid(),

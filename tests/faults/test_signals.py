@@ -125,3 +125,20 @@ def test_an_attempt_stopped_before_it_started_leaves_no_run_folder(stop, workdir
     mine.mkdir()  # a folder the user made for the run stays
     assert cli([*TRAIN, "training.trainer.max_epochs=1", "--run-dir", mine], capsys).rc == outcome.rc
     assert mine.is_dir() and (mine / "pipeline.yaml").is_file()
+
+
+def test_sigterm_before_the_attempt_started_exits_143_and_leaves_no_run_folder(workdir, capsys, monkeypatch):
+    from cuvis_graph.train import entry
+    check = entry.compile_graph
+
+    def terminated(*args, **kwargs):
+        # (without a handler here the signal would end pytest itself)
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None), "SIGTERM is not handled yet"
+        os.kill(os.getpid(), signal.SIGTERM)  # while the graph is checked: the folder exists, no session yet
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(entry, "compile_graph", terminated)
+    outcome = cli([*TRAIN, "training.trainer.max_epochs=1"], capsys)
+    assert outcome.rc == 143 and "terminated" in outcome.err and "Traceback" not in outcome.err
+    assert list((workdir / "runs" / "selector_rx_bce").iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
