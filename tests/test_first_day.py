@@ -243,3 +243,15 @@ def test_metrics_on_a_real_scene_use_a_threshold_on_its_score_scale(tmp_path: Pa
     assert metrics["val/metrics/f1"] == pytest.approx(f1_score(truth, scores > threshold), abs=2e-3)
     assert metrics["val/metrics/specificity"] > 0.95 and metrics["val/metrics/f1"] > 0.3
     assert out.index("val/metrics/auroc") < out.index("val/metrics/f1")
+
+
+@pytest.mark.parametrize("typed", ["selector_rx_bce", "selector_rx_bce.yaml", "pipelines/selector_rx_bce"])
+def test_a_pipeline_named_without_its_folder_or_suffix_is_pointed_to(typed: str, tmp_path: Path, capsys,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "selector_rx_bce.yaml").write_text("name: x\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", typed]) == 1
+    assert "no such file; did you mean pipelines/selector_rx_bce.yaml?" in capsys.readouterr().err
+    assert main(["validate", "nothing_like_it"]) == 1
+    assert capsys.readouterr().err.rstrip().endswith("no such file")

@@ -56,6 +56,19 @@ def _line(mark: Any) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "<file>"
 
 
+def _did_you_mean(path: Path) -> str:
+    """``"; did you mean pipelines/x.yaml?"`` for a missing ``x`` (or ``x.yaml``) whose likely
+    spelling exists: with ``.yaml`` added, or in ``pipelines/`` of the working directory."""
+    names = [path.name] if path.suffix in (".yaml", ".yml") else [path.name + ".yaml", path.name]
+    folders = [path.parent] + ([Path("pipelines")] if path.parent == Path(".") else [])
+    for folder in folders:
+        for name in names:
+            candidate = folder / name
+            if candidate != path and candidate.is_file():
+                return f"; did you mean {candidate}?"
+    return ""
+
+
 def read_yaml_file(path: str | os.PathLike, source: str | None = None) -> Any:
     """Read ``path`` as UTF-8 YAML within the limits; ``source`` labels messages (default: the path)."""
     path = Path(path)
@@ -69,7 +82,7 @@ def read_yaml_file(path: str | os.PathLike, source: str | None = None) -> Any:
                                                  "pipeline may have; put data in data files, not in the YAML")
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise YAMLReadError(label, "<file>", "no such file") from None
+        raise YAMLReadError(label, "<file>", "no such file" + _did_you_mean(path)) from None
     except OSError as exc:
         raise YAMLReadError(label, "<file>", f"cannot read: {exc.strerror or exc}") from None
     try:
