@@ -60,8 +60,9 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 success, 1 error, 2 usage error, 130 interrupted
-    (SIGINT), 143 terminated (SIGTERM, recorded as ``terminated`` in the run))."""
-    from cuvis_graph.io.runs import Terminated
+    (SIGINT), 143 terminated (SIGTERM: stops any command as Ctrl-C does; recorded as ``terminated``
+    in a run))."""
+    from cuvis_graph.io.runs import Terminated, sigterm_raises
 
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -76,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _load_plugins(args)
         if getattr(args, "cfg", None):
             return cmd_print_config(args)
-        return int(args.func(args) or 0)
+        with sigterm_raises():  # SIGTERM stops a command the way Ctrl-C does: partial outputs removed
+            return int(args.func(args) or 0)
     except BrokenPipeError:  # `cuvis-graph show ... | head`: the reader has what it wanted
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit

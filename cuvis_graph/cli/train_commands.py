@@ -126,7 +126,6 @@ def _as_started(args: argparse.Namespace, overrides: list[str], pipeline: Any) -
 
 
 def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) -> tuple[Path, dict[str, float]]:
-    from cuvis_graph.io.runs import sigterm_raises
     from cuvis_graph.train.distributed import RUN_DIR_ENV, worker_rank
 
     spec = dict(pipeline.config)
@@ -140,8 +139,7 @@ def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) ->
         pipeline.graph.train(pipeline.datamodule, pipeline.training, run_dir=joined, pipeline_spec=spec)
         return Path(joined), {}
     importlib.import_module("cuvis_graph.train.entry")  # Lightning loads before the run folder exists
-    with sigterm_raises():  # a SIGTERM before the attempt starts removes the folder, too
-        run_dir, result = _open_and_train(pipeline, spec, root, resume, run_dir_arg)
+    run_dir, result = _open_and_train(pipeline, spec, root, resume, run_dir_arg)  # (SIGTERM raises: cli.app)
     if args.save_predictions:
         path = _save_predictions(pipeline, run_dir)
         out(f"predictions: {path}")

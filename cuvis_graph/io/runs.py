@@ -235,7 +235,7 @@ class Run:
 
 # -- lifecycle ------------------------------------------------------------------------------
 def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated("SIGTERM before the run started")
+    raise Terminated("SIGTERM")
 
 
 @contextlib.contextmanager

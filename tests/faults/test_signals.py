@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -21,7 +22,7 @@ from cuvis_graph.io.run_resume import open_run
 from cuvis_graph.io.runs import RunSession, Terminated, read_run_json
 from cuvis_graph.train.lightning import GraphModule
 
-from .conftest import PIPELINES, QUIET, TINY_SYNTHETIC, cli
+from .conftest import PIPELINES, QUIET, TINY_SYNTHETIC, TreeSnapshot, cli
 
 TRAIN = ["train", PIPELINES / "selector_rx_bce.yaml", *TINY_SYNTHETIC, *QUIET, "nodes.selector.params.n_select=3",
          "training.trainer.accelerator=cpu", "--runs-dir", "runs"]
@@ -141,4 +142,37 @@ def test_sigterm_before_the_attempt_started_exits_143_and_leaves_no_run_folder(w
     outcome = cli([*TRAIN, "training.trainer.max_epochs=1"], capsys)
     assert outcome.rc == 143 and "terminated" in outcome.err and "Traceback" not in outcome.err
     assert list((workdir / "runs" / "selector_rx_bce").iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_sigterm_during_predict_exits_143_and_leaves_the_output_as_it_was(workdir, capsys, monkeypatch):
+    """SIGTERM stops ``predict`` the way Ctrl-C does: the unfinished output folder is removed, an
+    earlier output stays as it was, exit status 143."""
+    from cuvis_graph.data import readers
+    from cuvis_graph.io.saving import save_graph
+
+    from .test_models import cube, fitted
+
+    model = save_graph(fitted(), workdir / "model")
+    scenes = workdir / "scenes"
+    scenes.mkdir()
+    for i in range(3):
+        np.save(scenes / f"s{i}.npy", cube(seed=10 + i))
+    out = workdir / "out"
+    assert cli(["predict", model, scenes / "s0.npy", "--out", out, "--no-progress"], capsys).rc == 0
+    earlier = TreeSnapshot(workdir)
+    original, calls = readers.read_cube, []
+
+    def read_cube(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 2:  # (without a handler here the signal would end pytest itself)
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None), "SIGTERM is not handled"
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(readers, "read_cube", read_cube)
+    outcome = cli(["predict", model, scenes, "--out", out, "--no-progress"], capsys)
+    assert outcome.rc == 143 and "terminated" in outcome.err and "Traceback" not in outcome.err
+    assert len(calls) == 2
+    assert TreeSnapshot(workdir).entries == earlier.entries  # the earlier output as it was, nothing unfinished
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
