@@ -255,3 +255,22 @@ def test_a_pipeline_named_without_its_folder_or_suffix_is_pointed_to(typed: str,
     assert "no such file; did you mean pipelines/selector_rx_bce.yaml?" in capsys.readouterr().err
     assert main(["validate", "nothing_like_it"]) == 1
     assert capsys.readouterr().err.rstrip().endswith("no such file")
+
+
+def test_a_shipped_pipeline_copied_elsewhere_is_told_where_its_config_groups_are(tmp_path: Path, capsys,
+                                                                                   monkeypatch) -> None:
+    """A copy of a shipped pipeline outside pipelines/ misses its config groups (training/, data/):
+    the error says where they are read from and how to fix it; doing what it says makes it valid."""
+    import shutil
+
+    mine = tmp_path / "mine.yaml"
+    shutil.copy(PIPELINE, mine)
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", str(mine)]) == 1
+    err = capsys.readouterr().err
+    assert "Could not find 'data/synthetic'" in err or "Could not find 'training/default'" in err
+    assert f"{tmp_path / 'data'} does not exist" in err or f"{tmp_path / 'training'} does not exist" in err
+    assert f"copy the folders training/ and data/ of {PIPELINE.parent}" in err
+    for group in ("training", "data"):
+        shutil.copytree(PIPELINE.parent / group, tmp_path / group)
+    assert main(["validate", str(mine)]) == 0

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from cuvis_graph.io.spec import composition, load_config
+from cuvis_graph.io.spec import composition, hydra_composition, load_config
 from cuvis_graph.io.spec.plain_defaults import compose_plain_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def folder(tmp_path: Path) -> Path:
 
 def _hydra(path: Path) -> str:
     """Hydra's composition as JSON (key order kept); the reference."""
-    cfg = composition._hydra_compose(path, [], str(path))
+    cfg = hydra_composition.hydra_compose(path, [], str(path))
     return json.dumps(OmegaConf.to_container(cfg, resolve=False))
 
 

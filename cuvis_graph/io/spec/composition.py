@@ -21,6 +21,7 @@ from cuvis_graph.core.registry import (
     resolve_target,
 )
 from cuvis_graph.errors import CuvisGraphError, Problem, did_you_mean
+from cuvis_graph.io.spec.hydra_composition import hydra_compose
 from cuvis_graph.io.spec.parameters import class_parameters
 from cuvis_graph.io.spec.plain_defaults import compose_plain_defaults
 from cuvis_graph.io.spec.schema import (
@@ -290,24 +291,6 @@ def _prepare_overrides(base: Mapping[str, Any], parsed: list[Any], groups: set[s
     return group_lines, value_lines
 
 
-def _hydra_compose(path: Path, overrides: list[str], source: str) -> Any:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(path.parent.resolve()), version_base=None, job_name="cuvis_graph"):
-            return compose(config_name=path.stem, overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as exc:
-        text = str(exc).split("Config search path:")[0].strip()
-        where = "overrides" if overrides else "defaults"
-        raise SpecError(source, [Problem(where, text)]) from None
-    finally:
-        GlobalHydra.instance().clear()
-
-
 def _defaults_files(raw: Mapping[str, Any], group: str, root: Path) -> list[Path]:
     """The config-group files a ``defaults:`` list in folder ``group`` selects."""
     files = []
@@ -419,12 +402,12 @@ def load_config(source: str | os.PathLike | Mapping[str, Any], overrides: Sequen
         _check_group_files(path, raw, group_lines)
         composed = compose_plain_defaults(path) if not parsed else None  # Hydra's result, without Hydra
         if composed is None:
-            composed = _hydra_compose(path, group_lines, label)
+            composed = hydra_compose(path, group_lines, label)
         base = _to_container_unresolved(composed)
         first_lines = group_lines
         group_lines, value_lines = _prepare_overrides(base, parsed, groups, label, allow)
         if group_lines + value_lines != first_lines:  # else the same composition again
-            composed = _hydra_compose(path, group_lines + value_lines, label)
+            composed = hydra_compose(path, group_lines + value_lines, label)
         return _to_container(composed, label), label
     if raw.get("defaults"):
         raise SpecError(label, [Problem("defaults", "config groups need a pipeline file ending in .yaml")])
