@@ -108,7 +108,4 @@ def _walk(group: list[tuple[RowAccumulator, torch.Tensor]]) -> None:
 
 def _source(accumulator: RowAccumulator, group: list[tuple[RowAccumulator, torch.Tensor]]) -> RowAccumulator | None:
     """The member of ``group`` whose walk ``accumulator`` can take its sums from, if any."""
-    can_follow = getattr(accumulator, "can_follow", None)
-    if can_follow is None:
-        return None
-    return next((other for other, _ in group if other is not accumulator and can_follow(other)), None)
+    return next((other for other, _ in group if other is not accumulator and accumulator.can_follow(other)), None)

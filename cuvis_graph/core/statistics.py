@@ -152,6 +152,15 @@ class RowAccumulator(Accumulator):
     def _end(self) -> None:
         """Finish the walk: fold what the blocks gave into the state."""
 
+    def can_follow(self, source: RowAccumulator) -> bool:
+        """Whether this accumulator can take its sums from ``source``'s walk over the same rows
+        instead of walking them (see :meth:`follow`)."""
+        return False
+
+    def follow(self, source: RowAccumulator, rows: int) -> None:
+        """Add the ``rows`` rows ``source`` just walked, from ``source``'s walk."""
+        raise TypeError(f"{type(self).__name__} walks its rows itself")
+
 
 class MomentAccumulator(RowAccumulator):
     """Count, mean and (co)variance of ``C``-dimensional rows, in float64 with a shift.
@@ -229,15 +238,15 @@ class MomentAccumulator(RowAccumulator):
         self._buffer = self._products = None
 
     def can_follow(self, source: RowAccumulator) -> bool:
-        """Whether this (diagonal) accumulator can take its sums from ``source``'s walk over the same
-        rows (a full-covariance accumulator of the same rows and shift) instead of walking them."""
+        """Diagonal moments follow a full-covariance accumulator of the same rows and shift."""
         return (not self.full_covariance and isinstance(source, MomentAccumulator) and source.full_covariance
                 and source.dim == self.dim and (self.shift is None or (
                     source.shift is not None and torch.equal(self.shift, source.shift.to(self.shift.device)))))
 
-    def follow(self, source: MomentAccumulator, rows: int) -> None:
+    def follow(self, source: RowAccumulator, rows: int) -> None:
         """Add the ``rows`` rows ``source`` just walked: ``S`` and the diagonal of ``M`` of its walk
         (exact: the same sums, each from the scatter GEMM)."""
+        assert isinstance(source, MomentAccumulator)
         self._to(source.sum.device)
         if self.shift is None:
             self.shift = source.shift.clone()
