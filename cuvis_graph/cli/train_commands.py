@@ -158,20 +158,17 @@ def _train_one(args: argparse.Namespace, pipeline: Any, overrides: list[str]) ->
 
 
 def _open_and_train(pipeline: Any, spec: dict[str, Any], root: Any, resume: Any, run_dir_arg: Any) -> tuple[Path, Any]:
-    """Open the run (a new folder holding ``pipeline.yaml``, or the one resumed) and train it; a new
-    folder whose attempt never started is removed again."""
-    from cuvis_graph.io.atomic import atomic_write_text
+    """Open the run (a new folder, or the one resumed) and train it; a new folder whose attempt
+    never started is removed again."""
     from cuvis_graph.io.run_folders import remove_unstarted_run
     from cuvis_graph.io.run_resume import open_run, resume_target
 
-    # a resumed run is opened (and announced) by graph.train; a new one here, for pipeline.yaml
+    # a resumed run is opened (and announced) by graph.train; a new one here, to name it in errors
     existed = run_dir_arg is not None and Path(run_dir_arg).exists()
     run = (resume_target(pipeline.name, root, resume, run_dir_arg) if resume else None) or \
         open_run(pipeline.name, root=root, run_dir=run_dir_arg, resume=resume)
     run_dir = run.path
-    try:
-        if not run.resuming:
-            atomic_write_text(run_dir / "pipeline.yaml", pipeline.resolved_yaml())  # re-runnable as it is
+    try:  # (the session writes pipeline.yaml once it accepts the attempt)
         result = pipeline.graph.train(pipeline.datamodule, pipeline.training, run_dir=run_dir, pipeline_spec=spec,
                                       resume=(run.resume_checkpoint or run_dir) if run.resuming else None)
     except BaseException as exc:

@@ -29,10 +29,12 @@ import yaml
 from cuvis_graph.io.atomic import atomic_write_text
 from cuvis_graph.io.plain import plain
 
-__all__ = ["CONFIG_FILE", "library_versions", "git_commit", "pipeline_summary", "write_run_config",
-           "recorded_pipeline"]
+__all__ = ["CONFIG_FILE", "PIPELINE_FILE", "library_versions", "git_commit", "pipeline_summary", "write_run_config",
+           "write_pipeline_file", "recorded_pipeline"]
 
 CONFIG_FILE = "config.yaml"
+#: A run started from a pipeline file: that pipeline as composed, re-runnable as it is.
+PIPELINE_FILE = "pipeline.yaml"
 
 
 def library_versions() -> dict[str, str]:
@@ -160,3 +162,11 @@ def _wiring(labels: dict[str, list[str]], cls: type | None) -> dict[str, Any]:
 
         specs = {next(iter(labels)): PortSpec(())} if len(labels) == 1 else {}
     return wiring_fields(labels, specs)
+
+
+def write_pipeline_file(run_dir: Path, pipeline: Mapping[str, Any]) -> Path:
+    """``pipeline.yaml``: the composed pipeline file of a run started from YAML (``pipeline``
+    as recorded in ``config.yaml``, without its command-line ``overrides``, which it holds)."""
+    text = yaml.safe_dump({k: v for k, v in pipeline.items() if k != "overrides"}, sort_keys=False,
+                          allow_unicode=True)
+    return atomic_write_text(Path(run_dir) / PIPELINE_FILE, text)

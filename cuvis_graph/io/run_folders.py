@@ -85,19 +85,11 @@ def find_latest_run(root: str | os.PathLike, pipeline: str, with_checkpoint: boo
     return None
 
 
-def remove_unstarted_run(path: Path, expected: frozenset[str] = frozenset({"pipeline.yaml"})) -> bool:
-    """Remove the run folder ``path`` created for an attempt that never started (no ``run.json``,
-    nothing in it but ``expected`` files); ``True`` if it was removed. Anything else stays."""
+def remove_unstarted_run(path: Path) -> bool:
+    """Remove the run folder ``path``, made for an attempt that never started, if it is still
+    empty; ``True`` if it was removed. A folder holding anything stays."""
     try:
-        names = set(os.listdir(path))
-    except OSError:
-        return False
-    if "run.json" in names or not names <= expected:
-        return False
-    for name in names:
-        (path / name).unlink(missing_ok=True)
-    try:
-        path.rmdir()
+        path.rmdir()  # only an empty folder
     except OSError:
         return False
     return True

@@ -50,7 +50,7 @@ from typing import Any
 from cuvis_graph.errors import CuvisGraphError
 from cuvis_graph.io.atomic import atomic_write_json, atomic_write_text
 from cuvis_graph.io.resume_check import check_continuation
-from cuvis_graph.io.run_config import write_run_config
+from cuvis_graph.io.run_config import write_pipeline_file, write_run_config
 from cuvis_graph.io.run_lock import RunLock, owner_alive, pid_alive
 
 __all__ = ["Run", "RunSession", "RunRecordError", "Terminated", "read_run_json", "sigterm_raises", "STATUSES"]
@@ -272,9 +272,10 @@ class RunSession:
     """
 
     def __init__(self, run: Run, training: Mapping[str, Any] | None = None,
-                 pipeline: Mapping[str, Any] | None = None) -> None:
+                 pipeline: Mapping[str, Any] | None = None, pipeline_file: bool = False) -> None:
         self.run = run
         self.training, self.pipeline = training, pipeline
+        self.pipeline_file = pipeline_file  # write pipeline.yaml (a run started from a pipeline file)
         self.hub: Any = None
         self._stack = contextlib.ExitStack()
         self._sigint: Any = None
@@ -315,6 +316,8 @@ class RunSession:
         run.set_status("running", error=None, ended_at=None)
         if self.training is not None:
             run.write_config(self.training, self.pipeline or {})
+        if self.pipeline_file and self.pipeline and not run.resuming:  # once the attempt is accepted
+            write_pipeline_file(run.path, self.pipeline)
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         if not self._terminated:  # a second SIGTERM during the shutdown is ignored

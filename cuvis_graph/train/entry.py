@@ -51,7 +51,8 @@ def train(graph: Graph, datamodule: Any, config: TrainingConfig | Mapping[str, A
             return train_graph(graph, datamodule, config, callbacks, refit, None, worker_run=worker)
     run = open_run(graph.name, root=runs_root or config.run.root, run_dir=run_dir, resume=resume)
     # the session checks a resume against the run's recorded config, then writes config.yaml
-    with RunSession(run, config.model_dump(mode="json"), pipeline_spec or pipeline_summary(graph)) as session, \
+    with RunSession(run, config.model_dump(mode="json"), pipeline_spec or pipeline_summary(graph),
+                    pipeline_file=pipeline_spec is not None) as session, \
             quiet_lightning():
         return train_graph(graph, datamodule, config, callbacks, refit, session)
 

@@ -125,7 +125,7 @@ def test_an_attempt_stopped_before_it_started_leaves_no_run_folder(stop, workdir
     mine = workdir / "mine"
     mine.mkdir()  # a folder the user made for the run stays
     assert cli([*TRAIN, "training.trainer.max_epochs=1", "--run-dir", mine], capsys).rc == outcome.rc
-    assert mine.is_dir() and (mine / "pipeline.yaml").is_file()
+    assert mine.is_dir() and list(mine.iterdir()) == []
 
 
 def test_sigterm_before_the_attempt_started_exits_143_and_leaves_no_run_folder(workdir, capsys, monkeypatch):
@@ -176,3 +176,17 @@ def test_sigterm_during_predict_exits_143_and_leaves_the_output_as_it_was(workdi
     assert len(calls) == 2
     assert TreeSnapshot(workdir).entries == earlier.entries  # the earlier output as it was, nothing unfinished
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_refused_second_train_into_a_run_folder_leaves_its_pipeline_file_alone(workdir, capsys):
+    """``--run-dir`` of an existing run with another pipeline is refused, and the run's
+    pipeline.yaml still holds the pipeline it was trained with (it is written once the attempt
+    is accepted, never before)."""
+    run_dir = workdir / "mine"
+    assert cli([*TRAIN, "training.trainer.max_epochs=1", "--run-dir", run_dir], capsys).rc == 0
+    before = (run_dir / "pipeline.yaml").read_text()
+    assert "n_select: 3" in before
+    other = cli([*TRAIN, "training.trainer.max_epochs=1", "nodes.selector.params.n_select=4", "--run-dir", run_dir],
+                capsys)
+    other.fails_naming("n_select: 3 -> 4")
+    assert (run_dir / "pipeline.yaml").read_text() == before
