@@ -59,8 +59,9 @@ def check_continuation(run: Run, training: Mapping[str, Any], pipeline: Mapping[
         if diffs:
             more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
             raise ResumeError(f"run {run.path}: the pipeline differs from the one the run was trained with: "
-                              f"{'; '.join(diffs[:3])}{more}; resume with the run's own pipeline "
-                              f"({run.path / 'pipeline.yaml'}) or train without --resume for a new run")
+                              f"{'; '.join(diffs[:3])}{more}; continue it with the run's own pipeline "
+                              f"({run.path / 'pipeline.yaml'}), or train a new run "
+                              f"({'without --resume' if run.resuming else 'into another --run-dir'})")
     if run.resuming and run.record.get("status") == "completed":
         stages = [s.get("name") for s in training.get("stages") or []]
         if stages:

@@ -188,5 +188,5 @@ def test_a_refused_second_train_into_a_run_folder_leaves_its_pipeline_file_alone
     assert "n_select: 3" in before
     other = cli([*TRAIN, "training.trainer.max_epochs=1", "nodes.selector.params.n_select=4", "--run-dir", run_dir],
                 capsys)
-    other.fails_naming("n_select: 3 -> 4")
+    other.fails_naming("n_select: 3 -> 4", "train a new run (into another --run-dir)")
     assert (run_dir / "pipeline.yaml").read_text() == before
