@@ -15,8 +15,8 @@ from pathlib import Path
 
 from cuvis_graph.io.runs import RunRecordError
 
-__all__ = ["new_run_dir", "new_sweep_dir", "make_run_folder", "find_latest_run", "safe_name",
-           "resumable", "remove_unstarted_run"]
+__all__ = ["new_run_dir", "new_sweep_dir", "make_run_folder", "make_named_run_folder", "find_latest_run",
+           "safe_name", "resumable", "remove_unstarted_run"]
 
 
 def safe_name(name: str) -> str:
@@ -67,6 +67,21 @@ def make_run_folder(path: Path, root: Path) -> None:
     except OSError as exc:
         raise RunRecordError(f"runs root {root}: cannot create {path} ({exc.strerror}); pass --runs-dir "
                              "(training.run.root) a writable folder") from None
+
+
+def make_named_run_folder(path: Path) -> None:
+    """The run folder a user named (``--run-dir``, ``run_dir=``): created if missing; a folder
+    already holding files is accepted only when it is a run (``run.json``), so that a run never
+    writes its files (``config.yaml``, ``model/``, ...) among someone else's."""
+    if path.exists() and not path.is_dir():
+        raise RunRecordError(f"run folder {path}: is a file, not a folder; name a new or empty folder")
+    if path.is_dir() and not (path / "run.json").is_file():
+        entries = sorted(p.name for p in path.iterdir() if p.name != "lock" and not p.name.startswith("."))
+        if entries:  # (a lock alone: a run whose first attempt is starting, or died starting)
+            shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+            raise RunRecordError(f"run folder {path}: holds files that are not a run's ({shown}); name a new or "
+                                 "empty folder, or a run folder to train again")
+    make_run_folder(path, path.parent)
 
 
 def resumable(path: Path) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cuvis_graph.io.resume_check import ResumeError
-from cuvis_graph.io.run_folders import find_latest_run, make_run_folder, new_run_dir
+from cuvis_graph.io.run_folders import find_latest_run, make_named_run_folder, new_run_dir
 from cuvis_graph.io.runs import Run
 
 __all__ = ["open_run", "resume_target"]
@@ -52,7 +52,7 @@ def open_run(pipeline: str, *, root: str | os.PathLike = "runs", run_dir: str | 
         log.warning("resume=auto: no checkpoint found for %s under %s; starting a fresh run", pipeline, root)
     if run_dir is not None:
         path = Path(run_dir)
-        make_run_folder(path, path.parent)
+        make_named_run_folder(path)
         return Run(path, pipeline)
     return Run(new_run_dir(root, pipeline), pipeline)
 

@@ -190,3 +190,18 @@ def test_a_refused_second_train_into_a_run_folder_leaves_its_pipeline_file_alone
                 capsys)
     other.fails_naming("n_select: 3 -> 4", "train a new run (into another --run-dir)")
     assert (run_dir / "pipeline.yaml").read_text() == before
+
+
+def test_run_dir_naming_a_file_or_someone_elses_folder_is_refused_and_left_alone(workdir, capsys):
+    """``--run-dir`` of a file, or of a folder holding files that are not a run's (the user's own
+    config.yaml would be overwritten), is refused naming it and what it holds; nothing changes."""
+    (workdir / "notes.txt").write_text("mine")
+    theirs = workdir / "experiment"
+    theirs.mkdir()
+    (theirs / "config.yaml").write_text("my: own config\n")
+    before = TreeSnapshot(workdir)
+    cli([*TRAIN, "--run-dir", workdir / "notes.txt"], capsys).fails_naming(
+        f"run folder {workdir / 'notes.txt'}: is a file")
+    cli([*TRAIN, "--run-dir", theirs], capsys).fails_naming(
+        f"run folder {theirs}: holds files that are not a run's (config.yaml)")
+    assert TreeSnapshot(workdir).entries == before.entries
