@@ -80,13 +80,14 @@ def _sweep(args: argparse.Namespace, jobs: list[list[str]], pipelines: list[Any]
         except CuvisGraphError as exc:
             entry.error = shorten(str(exc).splitlines()[0], 200)
             print(f"job {i} failed: {entry.error}", file=sys.stderr, flush=True)
-        try:
-            record = read_run_json(entry.run_dir)
-            entry.status, entry.metrics, entry.best = str(record["status"]), record.get("metrics") or {}, \
-                record.get("best")
-        except CuvisGraphError:
-            entry.status = "failed"
-        write_summary(folder, sweep)
+        finally:  # also when Ctrl-C or SIGTERM stops the sweep: the summary tells where it stopped
+            try:
+                record = read_run_json(entry.run_dir)
+                entry.status, entry.metrics, entry.best = str(record["status"]), record.get("metrics") or {}, \
+                    record.get("best")
+            except CuvisGraphError:
+                entry.status = "failed" if entry.error else "not started"
+            write_summary(folder, sweep)
     out("\nsweep summary:")
     out(format_summary(sweep))
     out(f"summary: {folder / 'summary.csv'}")

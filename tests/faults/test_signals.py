@@ -7,6 +7,7 @@ then stops at its next batch with a ``SystemExit`` of code 0. The run must still
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -205,3 +206,23 @@ def test_run_dir_naming_a_file_or_someone_elses_folder_is_refused_and_left_alone
     cli([*TRAIN, "--run-dir", theirs], capsys).fails_naming(
         f"run folder {theirs}: holds files that are not a run's (config.yaml)")
     assert TreeSnapshot(workdir).entries == before.entries
+
+
+def test_a_sweep_stopped_by_sigterm_leaves_a_summary_that_says_where_it_stopped(workdir, capsys, monkeypatch):
+    step = GraphModule.training_step
+    calls = []
+
+    def training_step(self, batch, batch_idx):
+        calls.append(batch_idx)
+        if len(calls) == 2:  # the first job, mid-training
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(GraphModule, "training_step", training_step)
+    outcome = cli(["train", "-m", *TRAIN[1:], "training.trainer.max_epochs=50", "training.seed=1,2"], capsys)
+    assert outcome.rc == 143 and "terminated by SIGTERM" in outcome.err
+    (sweep,) = (workdir / "runs" / "selector_rx_bce").iterdir()
+    with (sweep / "summary.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "terminated"), ("1", "pending")]
+    assert read_run_json(sweep / "000")["status"] == "terminated" and not (sweep / "001").exists()
